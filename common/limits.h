@@ -1,0 +1,46 @@
+/* Every limit ociblk enforces on outside input, each with the reason for its value.
+ * Each module owns one section below; add a limit to your module's section only. */
+#ifndef OCIBLK_COMMON_LIMITS_H
+#define OCIBLK_COMMON_LIMITS_H
+
+/* ---- common ---- */
+/* Names of images and containers become file names (percent-encoded): keep them well under NAME_MAX. */
+#define OCIBLK_NAME_MAX 128
+/* A store path plus record names must fit a path buffer. */
+#define OCIBLK_PATH_MAX 4096
+
+/* ---- layer-store ---- */
+/* blkif speaks 512-byte sectors, cow/ 4 KiB blocks; layers store whole 4 KiB blocks. */
+#define LAYER_BLOCK_SIZE 4096u
+#define LAYER_SECTOR_SIZE 512u
+/* 64 KiB chunks: big enough for zstd to compress well, small enough that a random 4 KiB read
+ * decompresses at most 16 blocks. */
+#define LAYER_CHUNK_BLOCKS_DEFAULT 16u
+/* No chunk spans more than 1 MiB of virtual data, so one read never needs a bigger buffer. */
+#define LAYER_CHUNK_BLOCKS_MAX 256u
+/* 16 TiB virtual size: far above any container root disk, keeps block indexes in 32 bits. */
+#define LAYER_VIRTUAL_SIZE_MAX (16ull << 40)
+/* Extents per layer file: 16M entries * 32 bytes = 512 MiB of index is the most we will map. */
+#define LAYER_EXTENTS_MAX (16u << 20)
+/* Layers in one chain: deep enough for any OCI image (Docker caps at 127) plus commits. */
+#define LAYER_CHAIN_MAX 128u
+/* Records are small JSON files; anything bigger is not ours. */
+#define LAYER_RECORD_BYTES_MAX (1u << 20)
+/* Free-form JSON attached to an image record (OCI config digest, chain ids, history). */
+#define LAYER_IMAGE_EXTRA_BYTES_MAX (256u << 10)
+
+/* ---- cow ---- */
+/* Requests in flight per queue: matches the deepest blkif ring (32 slots * 2^4 pages) and NBD use. */
+#define COW_QUEUE_DEPTH_MAX 1024u
+/* One request never moves more than 32 MiB (NBD's largest sane request; blkif is far below). */
+#define COW_REQUEST_BYTES_MAX (32u << 20)
+/* The upper's journal is compacted into a snapshot when it grows past this. */
+#define COW_JOURNAL_BYTES_MAX (64u << 20)
+
+/* ---- image-import ---- */
+
+/* ---- nbd ---- */
+
+/* ---- blkback ---- */
+
+#endif
