@@ -1,0 +1,42 @@
+/* image-import: OCI and Docker images become verified, deterministic block layers.
+ *
+ * Sources use skopeo's transport names:
+ *   oci:DIR[:TAG]                  an OCI image layout directory
+ *   oci-archive:FILE[:TAG]         the same layout in a tar file
+ *   docker-archive:FILE[:NAME:TAG] what `docker save` writes (legacy and OCI-layout forms)
+ * Every blob is verified against its sha256 digest and every uncompressed layer against the
+ * config's rootfs.diff_ids before anything reaches the store.  Each tar layer is applied through
+ * libext2fs to the ext4 filesystem on the cow/ device formed by the layers below it; the blocks
+ * it changes become the layer's block layer, stored under the layer's OCI chain id so that images
+ * sharing base layers share block layers.  Bad input leaves the store exactly as it was (an
+ * interrupted import leaves only temp files, which gc removes). */
+#ifndef OCIBLK_IMAGE_IMPORT_H
+#define OCIBLK_IMAGE_IMPORT_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "layer-store/layer_store.h"
+
+#define IMAGE_IMPORT_DEFAULT_SIZE_BYTES (10ull << 30)
+
+struct image_import_options {
+	const char *source;        /* transport:reference, as above */
+	const char *image_name;    /* NULL: the source's tag / name */
+	uint64_t size_bytes;       /* 0: IMAGE_IMPORT_DEFAULT_SIZE_BYTES */
+	const char *platform;      /* NULL: the host's, e.g. "linux/amd64" */
+	bool progress;             /* per-layer progress on stderr (a terminal) */
+};
+
+struct image_import_result {
+	char image[OCIBLK_NAME_MAX + 1];
+	uint32_t layer_count;
+	uint32_t layers_reused;    /* chain ids already in the store */
+	uint64_t bytes_read;       /* compressed bytes of layer blobs read */
+	char top_layer[SHA256_DIGEST_STRLEN];
+};
+
+int image_import(struct layer_store *store, const struct image_import_options *opts,
+		 struct image_import_result *result);
+
+#endif
