@@ -1,0 +1,253 @@
+/* Unit tests for the layer file format: write layers through layer_writer, read them back
+ * through layer_open/layer_read_extent/layer_decode_extent and compare block by block with an
+ * in-memory model (random data, zero detection, compression on and off, many extents), plus the
+ * limits the writer and the parser enforce. */
+#include "layer-store/layer_store.h"
+#include "common/log.h"
+#include "common/vfs.h"
+#include "tests/lib/tap.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define BS LAYER_BLOCK_SIZE
+
+/* Model: state[b] 0 = absent, 1 = data (bytes in model), 2 = zero. */
+struct model {
+	uint64_t blocks;
+	uint8_t *state;
+	uint8_t *data;
+};
+
+static void model_init(struct model *m, uint64_t blocks)
+{
+	m->blocks = blocks;
+	m->state = calloc(blocks, 1);
+	m->data = calloc(blocks, BS);
+}
+
+static void model_free(struct model *m)
+{
+	free(m->state);
+	free(m->data);
+}
+
+static void fill_block(uint8_t *p, uint64_t *rng, int kind)
+{
+	if (kind == 0) { /* random, incompressible */
+		for (unsigned i = 0; i < BS; i += 8) {
+			uint64_t v = tap_rand(rng);
+			memcpy(p + i, &v, 8);
+		}
+	} else if (kind == 1) { /* compressible */
+		uint64_t v = tap_rand(rng);
+		for (unsigned i = 0; i < BS; i++) p[i] = (uint8_t)("abcdefgh"[(i / 64 + v) % 8]);
+	} else { /* all zero */
+		memset(p, 0, BS);
+	}
+}
+
+/* Writes the model as a layer, feeding runs of random lengths; returns the commit result. */
+static int write_model(struct layer_store *s, struct model *m, const struct layer_writer_options *o, uint64_t *rng,
+		       char digest[SHA256_DIGEST_STRLEN])
+{
+	struct layer_writer *w;
+	int r = layer_writer_create(s, o, &w);
+	if (r) return r;
+	for (uint64_t b = 0; b < m->blocks;) {
+		uint64_t n = 1;
+		if (!m->state[b]) {
+			b++;
+			continue;
+		}
+		while (b + n < m->blocks && m->state[b + n] == m->state[b] && n < 1 + tap_rand(rng) % 40) n++;
+		if (m->state[b] == 1) r = layer_writer_add_data(w, b, m->data + b * BS, n);
+		else r = layer_writer_add_zero(w, b, n);
+		if (r) {
+			layer_writer_abort(w);
+			return r;
+		}
+		b += n;
+	}
+	return layer_writer_commit(w, digest);
+}
+
+/* Reads every extent back and compares with the model; returns the number of mismatching blocks. */
+static uint64_t compare_layer(struct layer *l, const struct model *m, int use_decode, bool detect_zero)
+{
+	uint64_t n, bad = 0, covered = 0;
+	const struct layer_extent *x = layer_get_extents(l, &n);
+	uint8_t *buf = malloc((size_t)LAYER_CHUNK_BLOCKS_MAX * BS), *stored = malloc((size_t)LAYER_CHUNK_BLOCKS_MAX * BS);
+	uint8_t *seen = calloc(m->blocks, 1);
+	static const uint8_t zero[BS];
+	for (uint64_t i = 0; i < n; i++) {
+		if (x[i].kind == LAYER_EXTENT_DATA) {
+			int r;
+			if (use_decode) {
+				r = pread(layer_get_fd(l), stored, x[i].stored_bytes, (off_t)x[i].offset_bytes) == (ssize_t)x[i].stored_bytes ? 0 : -EIO;
+				if (!r) r = layer_decode_extent(l, i, stored, buf);
+			} else {
+				r = layer_read_extent(l, i, buf);
+			}
+			if (r) {
+				bad += x[i].block_count;
+				continue;
+			}
+			for (uint32_t k = 0; k < x[i].block_count; k++) {
+				uint64_t b = x[i].block_index + k;
+				seen[b] = 1;
+				covered++;
+				if (m->state[b] != 1 || memcmp(buf + (size_t)k * BS, m->data + b * BS, BS)) bad++;
+			}
+		} else {
+			for (uint32_t k = 0; k < x[i].block_count; k++) {
+				uint64_t b = x[i].block_index + k;
+				seen[b] = 2;
+				covered++;
+				if (m->state[b] == 0) bad++;
+				else if (m->state[b] == 1 && (!detect_zero || memcmp(m->data + b * BS, zero, BS))) bad++;
+			}
+		}
+	}
+	for (uint64_t b = 0; b < m->blocks; b++)
+		if (m->state[b] && !seen[b]) bad++;
+	free(buf);
+	free(stored);
+	free(seen);
+	return bad;
+}
+
+static void round_trip(struct layer_store *s, uint64_t *rng, uint64_t blocks, int zstd_level, bool detect_zero,
+		       uint32_t chunk_blocks, const char *label)
+{
+	struct model m;
+	struct layer_writer_options o = {
+		.virtual_size_bytes = blocks * BS, .zstd_level = zstd_level,
+		.detect_zero_blocks = detect_zero, .chunk_blocks = chunk_blocks,
+	};
+	char digest[SHA256_DIGEST_STRLEN], again[SHA256_DIGEST_STRLEN];
+	struct layer *l = NULL;
+	uint64_t data_blocks = 0, compressed = 0, n;
+
+	model_init(&m, blocks);
+	for (uint64_t b = 0; b < blocks; b++) {
+		unsigned k = (unsigned)(tap_rand(rng) % 10);
+		if (k < 3) continue;                  /* absent */
+		if (k < 5) { m.state[b] = 2; continue; } /* explicit zero */
+		m.state[b] = 1;
+		fill_block(m.data + b * BS, rng, k < 7 ? 0 : k < 9 ? 1 : 2);
+	}
+	TAP_IS(write_model(s, &m, &o, rng, digest), 0, "%s: commit", label);
+	TAP_IS(layer_store_layer_exists(s, digest), 1, "%s: layer exists after commit", label);
+	TAP_IS(layer_open(s, digest, true, &l), 0, "%s: open with digest verification", label);
+	if (!l) {
+		model_free(&m);
+		return;
+	}
+	TAP_OK(!strcmp(layer_get_info(l)->digest, digest), "%s: info digest", label);
+	TAP_IS(layer_get_info(l)->virtual_size_bytes, blocks * BS, "%s: virtual size", label);
+	TAP_IS(compare_layer(l, &m, 0, detect_zero), 0, "%s: read_extent equals the model", label);
+	TAP_IS(compare_layer(l, &m, 1, detect_zero), 0, "%s: decode_extent equals the model", label);
+	const struct layer_extent *x = layer_get_extents(l, &n);
+	for (uint64_t i = 0; i < n; i++)
+		if (x[i].kind == LAYER_EXTENT_DATA) {
+			data_blocks += x[i].block_count;
+			compressed += x[i].compressed;
+			if (x[i].block_count > (chunk_blocks ? chunk_blocks : LAYER_CHUNK_BLOCKS_DEFAULT)) compressed = 1u << 30;
+		}
+	TAP_IS(data_blocks, layer_get_info(l)->data_blocks, "%s: data_blocks in info", label);
+	if (zstd_level) TAP_OK(compressed > 0 && compressed < (1u << 30), "%s: some chunks compressed (%llu)", label, (unsigned long long)compressed);
+	else TAP_IS(compressed, 0, "%s: no chunk compressed", label);
+	layer_close(l);
+	/* Same content, same options: the same digest (deterministic chunking), no second file. */
+	TAP_IS(write_model(s, &m, &o, rng, again), 0, "%s: commit again", label);
+	TAP_OK(!strcmp(digest, again), "%s: identical content gives the identical digest", label);
+	model_free(&m);
+}
+
+static int count_layers_fn(const char *d, void *opaque)
+{
+	(void)d;
+	(*(int *)opaque)++;
+	return 0;
+}
+
+int main(void)
+{
+	uint64_t seed = tap_seed(), rng = seed;
+	struct layer_store *s = NULL;
+	char root[512], digest[SHA256_DIGEST_STRLEN], base[SHA256_DIGEST_STRLEN];
+	struct layer_writer *w;
+	struct layer *l;
+	int nlayers = 0;
+
+	snprintf(root, sizeof root, "%s/store", tap_tmpdir());
+	log_set_quiet(1);
+	TAP_IS(layer_store_open(root, 0, &s), -ENOENT, "open without CREATE on a missing store");
+	log_set_quiet(0);
+	TAP_IS(layer_store_open(root, LAYER_STORE_CREATE, &s), 0, "create store");
+
+	round_trip(s, &rng, 700, 0, false, 0, "raw");
+	round_trip(s, &rng, 700, 3, false, 0, "zstd");
+	round_trip(s, &rng, 700, 1, true, 0, "zstd+zero detection");
+	round_trip(s, &rng, 3000, 0, true, 1, "many 1-block extents");
+	round_trip(s, &rng, 2000, 5, false, LAYER_CHUNK_BLOCKS_MAX, "256-block chunks");
+
+	/* Parent digest, empty layer, sizes. */
+	struct layer_writer_options o = { .virtual_size_bytes = 1 << 20 };
+	TAP_IS(layer_writer_create(s, &o, &w), 0, "empty layer: create");
+	TAP_IS(layer_writer_commit(w, base), 0, "empty layer: commit");
+	o.parent_digest = base;
+	TAP_IS(layer_writer_create(s, &o, &w), 0, "child layer: create");
+	TAP_IS(layer_writer_add_zero(w, 0, 256), 0, "child layer: zero whole device");
+	TAP_IS(layer_writer_commit(w, digest), 0, "child layer: commit");
+	TAP_IS(layer_open(s, digest, false, &l), 0, "child layer: open");
+	if (l) {
+		TAP_OK(!strcmp(layer_get_info(l)->parent_digest, base), "child layer: parent digest recorded");
+		TAP_IS(layer_get_info(l)->zero_blocks, 256, "child layer: zero blocks");
+		layer_close(l);
+	}
+	TAP_IS(layer_open(s, base, false, &l), 0, "base layer: open");
+	if (l) {
+		TAP_OK(layer_get_info(l)->parent_digest[0] == 0, "base layer: no parent");
+		layer_close(l);
+	}
+
+	/* Writer limits and ordering. */
+	log_set_quiet(1);
+	struct layer_writer_options bad = { .virtual_size_bytes = LAYER_VIRTUAL_SIZE_MAX + BS };
+	TAP_IS(layer_writer_create(s, &bad, &w), -EINVAL, "virtual size above the limit rejected");
+	bad.virtual_size_bytes = 4097;
+	TAP_IS(layer_writer_create(s, &bad, &w), -EINVAL, "virtual size not a block multiple rejected");
+	bad.virtual_size_bytes = 0;
+	TAP_IS(layer_writer_create(s, &bad, &w), -EINVAL, "zero virtual size rejected");
+	bad.virtual_size_bytes = 1 << 20;
+	bad.chunk_blocks = LAYER_CHUNK_BLOCKS_MAX + 1;
+	TAP_IS(layer_writer_create(s, &bad, &w), -EINVAL, "chunk_blocks above the limit rejected");
+	bad.chunk_blocks = 0;
+	bad.parent_digest = "sha256:nothex";
+	TAP_IS(layer_writer_create(s, &bad, &w), -EINVAL, "bad parent digest rejected");
+	bad.parent_digest = NULL;
+	TAP_IS(layer_writer_create(s, &bad, &w), 0, "writer for ordering checks");
+	uint8_t blk[BS];
+	memset(blk, 7, sizeof blk);
+	TAP_IS(layer_writer_add_data(w, 10, blk, 1), 0, "add block 10");
+	TAP_IS(layer_writer_add_data(w, 10, blk, 1), -EINVAL, "re-adding block 10 rejected");
+	TAP_IS(layer_writer_add_zero(w, 5, 1), -EINVAL, "going backwards rejected");
+	TAP_IS(layer_writer_add_zero(w, 255, 2), -EINVAL, "range past the virtual size rejected");
+	TAP_IS(layer_writer_add_zero(w, 11, 0), -EINVAL, "empty range rejected");
+	layer_writer_abort(w);
+	TAP_IS(layer_open(s, "sha256:0000000000000000000000000000000000000000000000000000000000000000", false, &l), -ENOENT,
+	       "opening a missing layer is -ENOENT");
+	TAP_IS(layer_open(s, "sha256:xyz", false, &l), -EINVAL, "opening a malformed digest is -EINVAL");
+	log_set_quiet(0);
+
+	TAP_IS(layer_store_layer_foreach(s, count_layers_fn, &nlayers), 0, "foreach layers");
+	TAP_IS(nlayers, 7, "7 distinct layers in the store");
+	layer_store_close(s);
+	return tap_done();
+}
