@@ -6,6 +6,7 @@ pkgs=(
   libarchive-dev libext2fs-dev e2fsprogs libjson-c-dev libssl-dev libzstd-dev liburing-dev
   libxxhash-dev libxen-dev
   fio nbdkit libnbd-bin qemu-utils umoci skopeo util-linux kmod
+  python3
 )
 missing=()
 for p in "${pkgs[@]}"; do

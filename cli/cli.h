@@ -8,6 +8,8 @@
 #define OCIBLK_CLI_H
 
 #include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
 
 struct layer_store;
 
@@ -38,5 +40,24 @@ int cli_store_open(const struct cli_globals *g, bool create, struct layer_store 
 int cli_usage_error(const char *usage, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* 1 when argv contains -h or --help (then the caller prints usage and returns 0). */
 bool cli_wants_help(int argc, char **argv);
+
+/* ---- helpers shared by the commands (cli/util.c) ---- */
+struct json_object;
+
+/* Parses a byte count: decimal digits with an optional binary suffix K, M, G, T (KiB..TiB; a
+ * trailing "iB" or "B" is accepted).  0 or -EINVAL / -ERANGE (nothing logged). */
+int cli_parse_bytes(const char *s, uint64_t *out);
+/* "1.5 GiB"-style text for tables. */
+const char *cli_human_bytes(uint64_t bytes, char *buf, size_t len);
+/* Prints a JSON value (pretty) on stdout followed by a newline, and frees it. */
+void cli_json_print(struct json_object *obj);
+/* Maps a 0 / -errno result to an exit status: 0 -> 0, anything else -> 1. */
+static inline int cli_exit_status(int err) { return err ? 1 : 0; }
+/* Option parsing for commands: resets getopt so getopt_long can be used on the command's argv,
+ * with errors reported by the caller (opterr = 0). */
+void cli_getopt_reset(void);
+/* Standard message for an unknown option or missing option argument after getopt_long returned
+ * '?' or ':'; returns 2. */
+int cli_bad_option(const char *usage, int argc, char **argv);
 
 #endif

@@ -60,6 +60,35 @@ static void print_help(FILE *f)
 	fprintf(f, "\n`ociblk COMMAND --help` describes one command.\n");
 }
 
+/* Scripts write `ociblk images --json` as often as `ociblk --json images`: accept --json and
+ * --root after the command name too (up to a "--"), removing them from the command's argv. */
+static int take_trailing_globals(int argc, char **argv, int cmd_index, struct cli_globals *g, int *argc_out)
+{
+	int out = cmd_index + 1;
+	int j;
+	for (j = cmd_index + 1; j < argc; j++) {
+		const char *a = argv[j];
+		if (!strcmp(a, "--")) break;
+		if (!strcmp(a, "--json")) {
+			g->json = true;
+		} else if (!strcmp(a, "--root")) {
+			if (j + 1 >= argc) {
+				fprintf(stderr, "ociblk: --root needs a directory\n");
+				return 2;
+			}
+			g->root = argv[++j];
+		} else if (!strncmp(a, "--root=", 7)) {
+			g->root = a + 7;
+		} else {
+			argv[out++] = argv[j];
+		}
+	}
+	while (j < argc) argv[out++] = argv[j++];
+	argv[out] = NULL;
+	*argc_out = out;
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	struct cli_globals g = { .root = getenv("OCIBLK_ROOT") };
@@ -92,6 +121,8 @@ int main(int argc, char **argv)
 	}
 	for (struct cli_command *c = commands; c; c = c->next) {
 		if (strcmp(c->name, argv[i]) != 0) continue;
+		int rc = take_trailing_globals(argc, argv, i, &g, &argc);
+		if (rc) return rc;
 		if (cli_wants_help(argc - i, argv + i)) {
 			fputs(c->usage, stdout);
 			return 0;
