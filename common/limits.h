@@ -36,6 +36,8 @@
 #define COW_REQUEST_BYTES_MAX (32u << 20)
 /* The upper's journal is compacted into a snapshot when it grows past this. */
 #define COW_JOURNAL_BYTES_MAX (64u << 20)
+/* iovec entries per request: the kernel's UIO_MAXIOV. */
+#define COW_IOV_MAX 1024u
 
 /* ---- image-import ---- */
 

@@ -150,6 +150,12 @@ struct cow_device_stats {
 };
 void cow_device_get_stats(const struct cow_device *dev, struct cow_device_stats *out);
 
+/* Compacts upper.map into a snapshot when its journal passes journal_bytes (default and 0:
+ * COW_JOURNAL_BYTES_MAX).  For tests that want compaction to happen often. */
+void cow_device_set_journal_limit(struct cow_device *dev, uint64_t journal_bytes);
+/* Number of journal compactions done since open (for tests). */
+uint64_t cow_device_journal_compactions(const struct cow_device *dev);
+
 struct cow_check_report {
 	uint64_t blocks_checked;
 	uint64_t errors;   /* each one logged */

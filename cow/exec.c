@@ -1,0 +1,620 @@
+/* Request execution: validation, range locks, reads through upper/merged index, writes with
+ * one-block copy-up, discard/write-zeroes, flush with the journal.
+ *
+ * Invariants:
+ *  - A request holds a range lock on the blocks it touches for its whole execution; conflicting
+ *    requests (overlapping, one of them modifying) run in ticket (submission) order, so the
+ *    result always equals a serial order.
+ *  - A block's state changes only under its range lock and under dev->mu; the change is appended
+ *    to dev->changes (journal-eligible) only after its data write completed.
+ *  - Flush: capture the changes completed so far, fsync upper.data, then append one journal
+ *    record with exactly the captured changes and fsync upper.map.  Records are appended in
+ *    capture order (journal_mu), so replay reproduces the live state of every flushed change.
+ *  - At most one block is copied from the chain per partial block written (head and tail). */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include "common/checked.h"
+#include "common/log.h"
+#include "common/vfs.h"
+#include "cow/cow_internal.h"
+
+static const uint8_t zero_page[65536];
+
+/* ---------------------------------------------------------------- iov cursor -------------- */
+
+struct iovc {
+	const struct iovec *iov; /* NULL: a source of zeros */
+	unsigned n, i;
+	size_t off;
+};
+
+static void iovc_skip(struct iovc *c, size_t len)
+{
+	if (!c->iov) return;
+	while (len && c->i < c->n) {
+		size_t avail = c->iov[c->i].iov_len - c->off;
+		size_t k = len < avail ? len : avail;
+		c->off += k;
+		len -= k;
+		if (c->off == c->iov[c->i].iov_len) {
+			c->i++;
+			c->off = 0;
+		}
+	}
+}
+
+/* Copies len bytes out of the cursor into dst. */
+static void iovc_get(struct iovc *c, void *dst, size_t len)
+{
+	uint8_t *d = dst;
+	if (!c->iov) {
+		memset(d, 0, len);
+		return;
+	}
+	while (len && c->i < c->n) {
+		size_t avail = c->iov[c->i].iov_len - c->off;
+		size_t k = len < avail ? len : avail;
+		memcpy(d, (const uint8_t *)c->iov[c->i].iov_base + c->off, k);
+		d += k;
+		iovc_skip(c, k);
+		len -= k;
+	}
+}
+
+/* Copies len bytes (or zeros when src is NULL) into the cursor. */
+static void iovc_put(struct iovc *c, const void *src, size_t len)
+{
+	const uint8_t *s = src;
+	while (len && c->i < c->n) {
+		size_t avail = c->iov[c->i].iov_len - c->off;
+		size_t k = len < avail ? len : avail;
+		uint8_t *d = (uint8_t *)c->iov[c->i].iov_base + c->off;
+		if (s) {
+			memcpy(d, s, k);
+			s += k;
+		} else {
+			memset(d, 0, k);
+		}
+		iovc_skip(c, k);
+		len -= k;
+	}
+}
+
+/* pread that reads zeros past the end of the file (upper.data is sparse and may be short after a
+ * crash). */
+static int upper_pread(int fd, void *buf, size_t len, uint64_t off)
+{
+	uint8_t *p = buf;
+	while (len) {
+		ssize_t n = vfs_get()->pread(fd, p, len, off);
+		if (n == -EINTR) continue;
+		if (n < 0) return log_error((int)n, "read upper at %llu: %s", (unsigned long long)off, strerror((int)-n));
+		if (n == 0) {
+			memset(p, 0, len);
+			return 0;
+		}
+		p += n, len -= (size_t)n, off += (uint64_t)n;
+	}
+	return 0;
+}
+
+static int upper_pwrite(int fd, const void *buf, size_t len, uint64_t off)
+{
+	int r = vfs_pwrite_full(fd, buf, len, off);
+	if (r) return log_error(r, "write upper at %llu: %s", (unsigned long long)off, strerror(-r));
+	return 0;
+}
+
+static int iovc_pread(struct iovc *c, int fd, size_t len, uint64_t off)
+{
+	while (len && c->i < c->n) {
+		size_t avail = c->iov[c->i].iov_len - c->off;
+		size_t k = len < avail ? len : avail;
+		int r = upper_pread(fd, (uint8_t *)c->iov[c->i].iov_base + c->off, k, off);
+		if (r) return r;
+		iovc_skip(c, k);
+		len -= k;
+		off += k;
+	}
+	return 0;
+}
+
+static int iovc_pwrite(struct iovc *c, int fd, size_t len, uint64_t off)
+{
+	while (len) {
+		const void *src;
+		size_t k;
+		if (!c->iov) {
+			src = zero_page;
+			k = len < sizeof zero_page ? len : sizeof zero_page;
+		} else {
+			if (c->i >= c->n) return log_error(-EIO, "write upper: iov exhausted");
+			size_t avail = c->iov[c->i].iov_len - c->off;
+			k = len < avail ? len : avail;
+			src = (const uint8_t *)c->iov[c->i].iov_base + c->off;
+		}
+		int r = upper_pwrite(fd, src, k, off);
+		if (r) return r;
+		iovc_skip(c, k);
+		len -= k;
+		off += k;
+	}
+	return 0;
+}
+
+/* ---------------------------------------------------------------- chunk cache ------------- */
+
+#define CHUNK_BYTES ((size_t)LAYER_CHUNK_BLOCKS_MAX * COW_BLOCK_SIZE)
+#define STORED_BYTES (CHUNK_BYTES + 65536)
+
+int cow_chunk_cache_init(struct cow_chunk_cache *c)
+{
+	memset(c, 0, sizeof *c);
+	for (unsigned i = 0; i < COW_CHUNK_CACHE_SLOTS; i++) {
+		c->data[i] = malloc(CHUNK_BYTES);
+		if (!c->data[i]) goto oom;
+	}
+	c->stored = malloc(STORED_BYTES);
+	c->block = malloc(COW_BLOCK_SIZE);
+	if (!c->stored || !c->block) goto oom;
+	return 0;
+oom:
+	cow_chunk_cache_free(c);
+	return log_error(-ENOMEM, "chunk cache: out of memory");
+}
+
+void cow_chunk_cache_free(struct cow_chunk_cache *c)
+{
+	for (unsigned i = 0; i < COW_CHUNK_CACHE_SLOTS; i++) {
+		free(c->data[i]);
+		c->data[i] = NULL;
+	}
+	free(c->stored);
+	c->stored = NULL;
+	free(c->block);
+	c->block = NULL;
+}
+
+/* The decoded chunk of extent `extent` of chain layer `layer`. */
+static int chunk_get(struct cow_device *dev, struct cow_chunk_cache *c, uint32_t layer, uint64_t extent,
+		     const uint8_t **out)
+{
+	unsigned victim = 0;
+	for (unsigned i = 0; i < COW_CHUNK_CACHE_SLOTS; i++) {
+		if (c->slot[i].valid && c->slot[i].layer == layer && c->slot[i].extent == extent &&
+		    c->slot[i].generation == dev->chain_generation) {
+			c->slot[i].stamp = ++c->clock;
+			*out = c->data[i];
+			return 0;
+		}
+		if (!c->slot[i].valid || c->slot[i].stamp < c->slot[victim].stamp ||
+		    (c->slot[victim].valid && !c->slot[i].valid))
+			victim = i;
+	}
+	uint64_t n;
+	const struct layer_extent *ext = layer_get_extents(dev->layers[layer], &n);
+	int r;
+	c->slot[victim].valid = false;
+	if (extent >= n || ext[extent].kind != LAYER_EXTENT_DATA || ext[extent].block_count > LAYER_CHUNK_BLOCKS_MAX)
+		return log_error(-EIO, "read layer %s: bad extent %llu", dev->digests[layer], (unsigned long long)extent);
+	if (ext[extent].stored_bytes <= STORED_BYTES) {
+		int fd = layer_get_fd(dev->layers[layer]);
+		size_t len = ext[extent].stored_bytes, done = 0;
+		while (done < len) {
+			ssize_t k = pread(fd, c->stored + done, len - done, (off_t)(ext[extent].offset_bytes + done));
+			if (k < 0 && errno == EINTR) continue;
+			if (k <= 0)
+				return log_error(-EIO, "read layer %s extent %llu: %s", dev->digests[layer],
+						 (unsigned long long)extent, k < 0 ? strerror(errno) : "short file");
+			done += (size_t)k;
+		}
+		r = layer_decode_extent(dev->layers[layer], extent, c->stored, c->data[victim]);
+	} else {
+		r = layer_read_extent(dev->layers[layer], extent, c->data[victim]);
+	}
+	if (r) return r;
+	c->slot[victim].valid = true;
+	c->slot[victim].layer = layer;
+	c->slot[victim].extent = extent;
+	c->slot[victim].generation = dev->chain_generation;
+	c->slot[victim].stamp = ++c->clock;
+	*out = c->data[victim];
+	return 0;
+}
+
+/* Reads device bytes [off, off+len) as the chain presents them into the cursor (or into dst when
+ * dst is non-NULL). */
+static int read_lower(struct cow_device *dev, struct cow_chunk_cache *c, uint64_t off, uint64_t len,
+		      struct iovc *cur, uint8_t *dst)
+{
+	uint64_t end = off + len;
+	uint64_t k = cow_index_find(&dev->index, off / COW_BLOCK_SIZE);
+	while (off < end) {
+		uint64_t seg_end = end;
+		const struct cow_index_entry *e = k < dev->index.count ? &dev->index.entries[k] : NULL;
+		uint64_t es = e ? e->block_index * COW_BLOCK_SIZE : end;
+		if (es > off) {
+			/* a gap: zeros */
+			if (es < seg_end) seg_end = es;
+			if (dst) memset(dst, 0, seg_end - off), dst += seg_end - off;
+			else iovc_put(cur, NULL, seg_end - off);
+			off = seg_end;
+			continue;
+		}
+		uint64_t ee = (e->block_index + e->block_count) * COW_BLOCK_SIZE;
+		if (ee < seg_end) seg_end = ee;
+		const uint8_t *chunk = NULL;
+		int r = chunk_get(dev, c, e->layer, e->extent, &chunk);
+		if (r) return r;
+		uint64_t n;
+		const struct layer_extent *ext = layer_get_extents(dev->layers[e->layer], &n);
+		uint64_t in = off - ext[e->extent].block_index * COW_BLOCK_SIZE;
+		if (dst) memcpy(dst, chunk + in, seg_end - off), dst += seg_end - off;
+		else iovc_put(cur, chunk + in, seg_end - off);
+		off = seg_end;
+		k++;
+	}
+	return 0;
+}
+
+/* 1 when the chain holds data in block b. */
+static bool lower_has_data(const struct cow_device *dev, uint64_t b)
+{
+	uint64_t k = cow_index_find(&dev->index, b);
+	return k < dev->index.count && dev->index.entries[k].block_index <= b;
+}
+
+static uint8_t state_of(const struct cow_device *dev, uint64_t b)
+{
+	return dev->state ? dev->state[b] : COW_UPPER_FALL;
+}
+
+/* ---------------------------------------------------------------- range locks ------------- */
+
+static bool conflicts(const struct cow_range_lock *a, const struct cow_range_lock *b)
+{
+	return (a->exclusive || b->exclusive) && a->first_block < b->end_block && b->first_block < a->end_block;
+}
+
+void cow_range_acquire(struct cow_device *dev, struct cow_range_lock *lk, uint64_t first, uint64_t end, bool exclusive)
+{
+	lk->first_block = first;
+	lk->end_block = end;
+	lk->exclusive = exclusive;
+	lk->next = NULL;
+	pthread_mutex_lock(&dev->mu);
+	lk->ticket = dev->next_ticket++;
+	struct cow_range_lock **pp = &dev->ranges;
+	while (*pp) pp = &(*pp)->next;
+	*pp = lk;
+	for (;;) {
+		bool blocked = false;
+		for (struct cow_range_lock *o = dev->ranges; o && o != lk; o = o->next)
+			if (conflicts(o, lk)) {
+				blocked = true;
+				break;
+			}
+		if (!blocked) break;
+		pthread_cond_wait(&dev->range_cv, &dev->mu);
+	}
+	pthread_mutex_unlock(&dev->mu);
+}
+
+void cow_range_release(struct cow_device *dev, struct cow_range_lock *lk)
+{
+	pthread_mutex_lock(&dev->mu);
+	for (struct cow_range_lock **pp = &dev->ranges; *pp; pp = &(*pp)->next)
+		if (*pp == lk) {
+			*pp = lk->next;
+			break;
+		}
+	pthread_cond_broadcast(&dev->range_cv);
+	pthread_mutex_unlock(&dev->mu);
+}
+
+/* ---------------------------------------------------------------- state changes ----------- */
+
+/* Under dev->mu: record a completed change of [b, b+n) to state s. */
+static int log_change_locked(struct cow_device *dev, uint64_t b, uint64_t n, uint8_t s)
+{
+	if (dev->map_fd < 0) return 0; /* no journal (scratch) */
+	if (dev->change_count > dev->change_merge_floor) {
+		struct cow_change *p = &dev->changes[dev->change_count - 1];
+		if (p->state == s && p->block_index + p->block_count == b && (uint64_t)p->block_count + n <= UINT32_MAX) {
+			p->block_count += (uint32_t)n;
+			return 0;
+		}
+	}
+	if (dev->change_count == dev->change_cap) {
+		uint64_t nc = dev->change_cap ? dev->change_cap * 2 : 256;
+		struct cow_change *nv = realloc(dev->changes, nc * sizeof *nv);
+		if (!nv) return log_error(-ENOMEM, "record upper change: out of memory");
+		dev->changes = nv;
+		dev->change_cap = nc;
+	}
+	dev->changes[dev->change_count++] = (struct cow_change){ .block_index = b, .block_count = (uint32_t)n, .state = s };
+	return 0;
+}
+
+/* Sets the state of [first, end) to s and records the changed runs. */
+static int set_state(struct cow_device *dev, uint64_t first, uint64_t end, uint8_t s)
+{
+	int r = 0;
+	pthread_mutex_lock(&dev->mu);
+	for (uint64_t b = first; b < end && !r;) {
+		if (dev->state[b] == s) {
+			b++;
+			continue;
+		}
+		uint64_t e = b;
+		while (e < end && dev->state[e] != s && e - b < UINT32_MAX) {
+			if (dev->state[e] == COW_UPPER_DATA) dev->stats.upper_blocks--;
+			dev->state[e] = s;
+			e++;
+		}
+		if (s == COW_UPPER_DATA) dev->stats.upper_blocks += e - b;
+		r = log_change_locked(dev, b, e - b, s);
+		b = e;
+	}
+	pthread_mutex_unlock(&dev->mu);
+	return r;
+}
+
+/* ---------------------------------------------------------------- flush ------------------- */
+
+static int journal_append(struct cow_device *dev, uint64_t target)
+{
+	int r = 0;
+	uint8_t *rec = NULL;
+	uint64_t rec_len = 0, n = 0;
+	pthread_mutex_lock(&dev->journal_mu);
+	pthread_mutex_lock(&dev->mu);
+	if (dev->changes_dropped < target) {
+		n = target - dev->changes_dropped;
+		if (n > dev->change_count) n = dev->change_count;
+		r = cow_journal_record(dev->changes, n, dev->journal_seq, &rec, &rec_len);
+	}
+	pthread_mutex_unlock(&dev->mu);
+	if (r || !n) goto out;
+	r = vfs_pwrite_full(dev->map_fd, rec, rec_len, dev->journal_end);
+	if (!r) r = vfs_fsync(dev->map_fd);
+	if (r) {
+		r = log_error(r, "append journal %s: %s", dev->map_path, strerror(-r));
+		goto out;
+	}
+	dev->journal_end += rec_len;
+	dev->journal_seq++;
+	pthread_mutex_lock(&dev->mu);
+	for (uint64_t i = 0; i < n; i++)
+		memset(dev->jstate + dev->changes[i].block_index, (int)dev->changes[i].state, dev->changes[i].block_count);
+	memmove(dev->changes, dev->changes + n, (dev->change_count - n) * sizeof *dev->changes);
+	dev->change_count -= n;
+	dev->changes_dropped += n;
+	dev->change_merge_floor = dev->change_merge_floor > n ? dev->change_merge_floor - n : 0;
+	pthread_mutex_unlock(&dev->mu);
+	if (dev->journal_end - dev->journal_offset > dev->journal_limit) {
+		r = cow_map_rewrite(dev);
+		if (!r) dev->stats_compactions++;
+	}
+out:
+	pthread_mutex_unlock(&dev->journal_mu);
+	free(rec);
+	return r;
+}
+
+static int do_flush(struct cow_device *dev)
+{
+	if (dev->data_fd < 0) return 0; /* read-only image: nothing to make durable */
+	pthread_mutex_lock(&dev->mu);
+	uint64_t target = dev->changes_dropped + dev->change_count;
+	dev->change_merge_floor = dev->change_count;
+	pthread_mutex_unlock(&dev->mu);
+	int r = vfs_fsync(dev->data_fd);
+	if (r) return log_error(r, "flush upper %s: %s", dev->data_path, strerror(-r));
+	if (dev->map_fd < 0) return 0;
+	return journal_append(dev, target);
+}
+
+/* ---------------------------------------------------------------- validation -------------- */
+
+int cow_validate(const struct cow_device *dev, const struct cow_request *req)
+{
+	switch (req->op) {
+	case COW_OP_FLUSH:
+		return 0;
+	case COW_OP_READ:
+	case COW_OP_WRITE:
+		if (req->length_bytes > COW_REQUEST_BYTES_MAX) return -EINVAL;
+		if (req->iov_count > 0 && !req->iov) return -EINVAL;
+		if (req->iov_count > COW_IOV_MAX) return -EINVAL;
+		{
+			uint64_t total = 0;
+			for (unsigned i = 0; i < req->iov_count; i++) {
+				if (ck_add_u64(total, req->iov[i].iov_len, &total)) return -EINVAL;
+				if (req->iov[i].iov_len && !req->iov[i].iov_base) return -EINVAL;
+			}
+			if (total != req->length_bytes) return -EINVAL;
+		}
+		break;
+	case COW_OP_DISCARD:
+	case COW_OP_WRITE_ZEROES:
+		break;
+	default:
+		return -EINVAL;
+	}
+	if (req->offset_bytes % COW_SECTOR_SIZE || req->length_bytes % COW_SECTOR_SIZE) return -EINVAL;
+	if (!ck_range_within(req->offset_bytes, req->length_bytes, dev->size_bytes)) return -EINVAL;
+	if (req->flags & ~(unsigned)(COW_FUA | COW_NO_HOLE)) return -EINVAL;
+	return 0;
+}
+
+/* ---------------------------------------------------------------- operations -------------- */
+
+static int exec_read(struct cow_device *dev, struct cow_chunk_cache *c, const struct cow_request *req)
+{
+	struct iovc cur = { .iov = req->iov, .n = req->iov_count };
+	uint64_t off = req->offset_bytes, end = off + req->length_bytes;
+	while (off < end) {
+		uint64_t b = off / COW_BLOCK_SIZE;
+		uint8_t s = state_of(dev, b);
+		uint64_t e = b + 1;
+		while (e * COW_BLOCK_SIZE < end && state_of(dev, e) == s) e++;
+		uint64_t seg_end = e * COW_BLOCK_SIZE < end ? e * COW_BLOCK_SIZE : end;
+		int r = 0;
+		if (s == COW_UPPER_DATA) r = iovc_pread(&cur, dev->data_fd, seg_end - off, off);
+		else if (s == COW_UPPER_ZERO) iovc_put(&cur, NULL, seg_end - off);
+		else r = read_lower(dev, c, off, seg_end - off, &cur, NULL);
+		if (r) return r;
+		off = seg_end;
+	}
+	return 0;
+}
+
+/* The current contents of block b into buf (4 KiB); *copied set when it came from the chain. */
+static int read_block(struct cow_device *dev, struct cow_chunk_cache *c, uint64_t b, uint8_t *buf, bool *copied)
+{
+	uint8_t s = state_of(dev, b);
+	*copied = false;
+	if (s == COW_UPPER_DATA) return upper_pread(dev->data_fd, buf, COW_BLOCK_SIZE, b * COW_BLOCK_SIZE);
+	if (s == COW_UPPER_ZERO) {
+		memset(buf, 0, COW_BLOCK_SIZE);
+		return 0;
+	}
+	*copied = lower_has_data(dev, b);
+	return read_lower(dev, c, b * COW_BLOCK_SIZE, COW_BLOCK_SIZE, NULL, buf);
+}
+
+/* Writes [off, off+len) from the cursor (zeros when cur->iov is NULL) into the upper: partial
+ * head/tail blocks are read-modify-written, whole blocks written directly. */
+static int write_range(struct cow_device *dev, struct cow_chunk_cache *c, uint64_t off, uint64_t len, struct iovc *cur)
+{
+	uint64_t end = off + len;
+	uint64_t first = off / COW_BLOCK_SIZE, last_end = DIV_ROUND_UP(end, COW_BLOCK_SIZE);
+	uint64_t copy_ups = 0;
+	uint8_t *blk = c->block;
+	int r;
+	while (off < end) {
+		uint64_t b = off / COW_BLOCK_SIZE;
+		uint64_t bstart = b * COW_BLOCK_SIZE;
+		if (off != bstart || end - off < COW_BLOCK_SIZE) {
+			/* partial block: read-modify-write */
+			uint64_t k = (bstart + COW_BLOCK_SIZE < end ? bstart + COW_BLOCK_SIZE : end) - off;
+			bool copied;
+			if ((r = read_block(dev, c, b, blk, &copied))) return r;
+			copy_ups += copied;
+			iovc_get(cur, blk + (off - bstart), k);
+			if ((r = upper_pwrite(dev->data_fd, blk, COW_BLOCK_SIZE, bstart))) return r;
+			off += k;
+		} else {
+			uint64_t whole = (end - off) / COW_BLOCK_SIZE * COW_BLOCK_SIZE;
+			if ((r = iovc_pwrite(cur, dev->data_fd, whole, off))) return r;
+			off += whole;
+		}
+	}
+	if (copy_ups) {
+		pthread_mutex_lock(&dev->mu);
+		dev->stats.copy_ups += copy_ups;
+		pthread_mutex_unlock(&dev->mu);
+	}
+	return set_state(dev, first, last_end, COW_UPPER_DATA);
+}
+
+/* Whole blocks of [off, off+len) become zero state (holes punched); partial ends are zeroed by
+ * read-modify-write unless they already read zero. */
+static int zero_range(struct cow_device *dev, struct cow_chunk_cache *c, uint64_t off, uint64_t len)
+{
+	uint64_t end = off + len;
+	uint64_t wf = DIV_ROUND_UP(off, COW_BLOCK_SIZE), we = end / COW_BLOCK_SIZE;
+	struct iovc zero = { 0 };
+	int r;
+	if (wf >= we) {
+		/* within one block or straddling two without a whole one */
+		for (uint64_t b = off / COW_BLOCK_SIZE; b * COW_BLOCK_SIZE < end; b++) {
+			uint64_t s = b * COW_BLOCK_SIZE > off ? b * COW_BLOCK_SIZE : off;
+			uint64_t e = (b + 1) * COW_BLOCK_SIZE < end ? (b + 1) * COW_BLOCK_SIZE : end;
+			uint8_t st = state_of(dev, b);
+			if (st == COW_UPPER_ZERO || (st == COW_UPPER_FALL && !lower_has_data(dev, b))) continue;
+			if ((r = write_range(dev, c, s, e - s, &zero))) return r;
+		}
+		return 0;
+	}
+	if (off < wf * COW_BLOCK_SIZE) {
+		uint64_t b = off / COW_BLOCK_SIZE;
+		uint8_t st = state_of(dev, b);
+		if (!(st == COW_UPPER_ZERO || (st == COW_UPPER_FALL && !lower_has_data(dev, b))))
+			if ((r = write_range(dev, c, off, wf * COW_BLOCK_SIZE - off, &zero))) return r;
+	}
+	if (end > we * COW_BLOCK_SIZE) {
+		uint8_t st = state_of(dev, we);
+		if (!(st == COW_UPPER_ZERO || (st == COW_UPPER_FALL && !lower_has_data(dev, we))))
+			if ((r = write_range(dev, c, we * COW_BLOCK_SIZE, end - we * COW_BLOCK_SIZE, &zero))) return r;
+	}
+	/* punch only where the upper holds data */
+	for (uint64_t b = wf; b < we;) {
+		if (dev->state[b] != COW_UPPER_DATA) {
+			b++;
+			continue;
+		}
+		uint64_t e = b;
+		while (e < we && dev->state[e] == COW_UPPER_DATA) e++;
+		r = vfs_punch_hole(dev->data_fd, b * COW_BLOCK_SIZE, (e - b) * COW_BLOCK_SIZE);
+		if (r) return log_error(r, "punch upper %s: %s", dev->data_path, strerror(-r));
+		b = e;
+	}
+	return set_state(dev, wf, we, COW_UPPER_ZERO);
+}
+
+int cow_exec(struct cow_device *dev, struct cow_chunk_cache *c, const struct cow_request *req)
+{
+	struct cow_range_lock lk;
+	int r = 0;
+	bool modifies = req->op != COW_OP_READ && req->op != COW_OP_FLUSH;
+	if (modifies && !dev->state) return -EROFS;
+
+	pthread_mutex_lock(&dev->mu);
+	switch (req->op) {
+	case COW_OP_READ: dev->stats.reads++; break;
+	case COW_OP_WRITE: dev->stats.writes++; break;
+	case COW_OP_FLUSH: dev->stats.flushes++; break;
+	case COW_OP_DISCARD: dev->stats.discards++; break;
+	case COW_OP_WRITE_ZEROES: dev->stats.write_zeroes++; break;
+	}
+	pthread_mutex_unlock(&dev->mu);
+
+	if (req->op == COW_OP_FLUSH) return do_flush(dev);
+	if (req->length_bytes == 0) return (req->flags & COW_FUA) ? do_flush(dev) : 0;
+
+	uint64_t first = req->offset_bytes / COW_BLOCK_SIZE;
+	uint64_t end = DIV_ROUND_UP(req->offset_bytes + req->length_bytes, COW_BLOCK_SIZE);
+	cow_range_acquire(dev, &lk, first, end, modifies);
+	switch (req->op) {
+	case COW_OP_READ:
+		r = exec_read(dev, c, req);
+		break;
+	case COW_OP_WRITE: {
+		struct iovc cur = { .iov = req->iov, .n = req->iov_count };
+		r = write_range(dev, c, req->offset_bytes, req->length_bytes, &cur);
+		break;
+	}
+	case COW_OP_WRITE_ZEROES:
+		if (req->flags & COW_NO_HOLE) {
+			struct iovc zero = { 0 };
+			r = write_range(dev, c, req->offset_bytes, req->length_bytes, &zero);
+			break;
+		}
+		/* fall through */
+	case COW_OP_DISCARD:
+		r = zero_range(dev, c, req->offset_bytes, req->length_bytes);
+		break;
+	default:
+		r = -EINVAL;
+	}
+	cow_range_release(dev, &lk);
+	if (!r && modifies && (req->flags & COW_FUA)) r = do_flush(dev);
+	return r;
+}
