@@ -44,5 +44,22 @@
 /* ---- nbd ---- */
 
 /* ---- blkback ---- */
+/* Ring of 2^4 pages, as Linux blkback's xen_blkif_max_ring_order: 512 slots for x86_64. */
+#define BLKBACK_RING_PAGE_ORDER_MAX 4u
+/* Queues (rings) per device: each is a thread + io_uring; more than 2-4 buys nothing here. */
+#define BLKBACK_QUEUES_MAX 4u
+/* Segments of an indirect request: Linux's MAX_INDIRECT_SEGMENTS (8 indirect pages' worth is far
+ * more; 256 * 4 KiB = 1 MiB per request bounds the bounce buffers). */
+#define BLKBACK_INDIRECT_SEGS_MAX 256u
+/* What we advertise by default: Linux blkfront's default max_indirect_segments. */
+#define BLKBACK_INDIRECT_SEGS_DEFAULT 32u
+/* Requests in flight per queue: the preallocated pool (requests beyond wait on the ring). */
+#define BLKBACK_INFLIGHT_PER_QUEUE 64u
+/* Persistent grants kept mapped per queue: Linux blkback's max_persistent_grants default. */
+#define BLKBACK_PERSISTENT_GRANTS_MAX 1056u
+/* Devices the daemon serves at once (one process each). */
+#define BLKBACK_DEVICES_MAX 256u
+/* Restarts of a crashed device process before the daemon gives up on that device. */
+#define BLKBACK_DEVICE_RESTARTS_MAX 5u
 
 #endif
