@@ -20,7 +20,8 @@
 #define LAYER_CHUNK_BLOCKS_MAX 256u
 /* 16 TiB virtual size: far above any container root disk, keeps block indexes in 32 bits. */
 #define LAYER_VIRTUAL_SIZE_MAX (16ull << 40)
-/* Extents per layer file: 16M entries * 32 bytes = 512 MiB of index is the most we will map. */
+/* Extents per layer file: 16M entries * 40 bytes = 640 MiB of on-disk index (and as much in
+ * memory once parsed) is the most we will read; a 16 TiB layer of 1 MiB chunks needs 16M. */
 #define LAYER_EXTENTS_MAX (16u << 20)
 /* Layers in one chain: deep enough for any OCI image (Docker caps at 127) plus commits. */
 #define LAYER_CHAIN_MAX 128u
