@@ -237,7 +237,7 @@ int main(void)
 
 	/* Truncated at many lengths, and extended: never opens. */
 	broken = tried = 0;
-	for (size_t t = 0; t < len; t += (t < 4200 || t + 200 > len) ? 1 : 97) {
+	for (size_t t = 0; t < len; t += (t < 130 || (t >= 4080 && t < 4110) || t + 100 > len) ? 1 : 397) {
 		write_file(orig, t);
 		tried++;
 		if (check_file(NULL, &rf) != 0) broken++;
