@@ -182,7 +182,7 @@ static int cmd_inspect(int argc, char **argv, const struct cli_globals *g)
 			du_total = 0;
 			nftw(dir, du_one, 16, FTW_PHYS);
 			json_object_object_add(out, "directory", json_object_new_string(dir));
-			json_object_object_add(out, "upper_disk_bytes", json_object_new_int64((int64_t)du_total));
+			json_object_object_add(out, "disk_bytes", json_object_new_int64((int64_t)du_total));
 		}
 		json_object_object_add(out, "layer_count", json_object_new_int64(ctr.layer_count));
 		json_object_object_add(out, "top_layer",

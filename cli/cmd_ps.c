@@ -16,7 +16,7 @@ static const char ps_usage[] =
 	"\n"
 	"Lists containers: name, image, device size, layers in its chain, disk space used by its\n"
 	"private upper, and whether it is in use (open read-write by a server or another command).\n"
-	"--json prints an array of {name, image, size_bytes, layer_count, top_layer, upper_bytes, in_use}.\n";
+	"--json prints an array of {name, image, size_bytes, layer_count, top_layer, disk_bytes, in_use}.\n";
 
 static uint64_t du_total;
 
@@ -64,7 +64,7 @@ static int ps_one(const char *name, void *opaque)
 		json_object_object_add(o, "size_bytes", json_object_new_int64((int64_t)rec.size_bytes));
 		json_object_object_add(o, "layer_count", json_object_new_int64(rec.layer_count));
 		json_object_object_add(o, "top_layer", json_object_new_string(top));
-		json_object_object_add(o, "upper_bytes", json_object_new_int64((int64_t)upper));
+		json_object_object_add(o, "disk_bytes", json_object_new_int64((int64_t)upper));
 		json_object_object_add(o, "in_use", json_object_new_boolean(in_use));
 		json_object_object_add(o, "created_unix", json_object_new_int64(rec.created_unix));
 		json_object_array_add(ctx->arr, o);
@@ -83,7 +83,7 @@ static int cmd_ps(int argc, char **argv, const struct cli_globals *g)
 	if (cli_store_open(g, false, &store)) return 1;
 	struct ps_ctx ctx = { .store = store, .json = g->json };
 	if (g->json) ctx.arr = json_object_new_array();
-	else printf("%-24s %-24s %10s %6s %10s  %s\n", "CONTAINER", "IMAGE", "SIZE", "LAYERS", "UPPER", "STATE");
+	else printf("%-24s %-24s %10s %6s %10s  %s\n", "CONTAINER", "IMAGE", "SIZE", "LAYERS", "DISK", "STATE");
 	int err = layer_store_container_foreach(store, ps_one, &ctx);
 	if (g->json) {
 		if (err) json_object_put(ctx.arr);
