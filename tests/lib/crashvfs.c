@@ -7,7 +7,8 @@
  * inode (reopened through /proc/self/fd) lets the crash rewrite a file whatever became of its name.
  *
  * Names: one global list of create / rename / unlink ops, in order, each marked durable when
- * fsync_dir reaches its directory.  A file that a volatile op removed from the namespace (unlink,
+ * fsync_dir reaches its directory (a rename: either of its two, as the journal of ext4 / xfs commits
+ * a rename as one transaction; a rename is never split into a kept half and a lost one).  A file that a volatile op removed from the namespace (unlink,
  * rename over it) stays reachable as a hard link in the stash directory until the op is durable or
  * the crash is over.  At a crash ops are decided from the last to the first: durable ones are kept;
  * a volatile one is kept when a later kept op depends on it (shares a path or an inode, or a path
@@ -19,6 +20,7 @@
 
 #include "common/vfs.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -60,6 +62,7 @@ struct dir_op {
 	char *path;               /* CREATE/UNLINK: the name; RENAME: from */
 	char *to;                 /* RENAME: to */
 	char *durable_dir;        /* fsync_dir of this directory makes it durable */
+	char *durable_dir2;       /* RENAME: or of this one (the source's) */
 	dev_t dev;
 	ino_t ino;                /* the inode created / moved / unlinked */
 	bool has_replaced;
@@ -326,6 +329,7 @@ static void dirop_free(struct dir_op *d)
 	free(d->path);
 	free(d->to);
 	free(d->durable_dir);
+	free(d->durable_dir2);
 	free(d->stash);
 }
 
@@ -380,7 +384,7 @@ static void mark_dir_durable(const char *dir)
 {
 	for (size_t i = 0; i < n_dirops; i++) {
 		struct dir_op *d = &dirops[i];
-		if (d->durable || strcmp(d->durable_dir, dir)) continue;
+		if (d->durable || (strcmp(d->durable_dir, dir) && (!d->durable_dir2 || strcmp(d->durable_dir2, dir)))) continue;
 		d->durable = true;
 		if (d->stash) {
 			unlink(d->stash);
@@ -596,6 +600,7 @@ static int cv_rename(const char *from, const char *to)
 	d->path = xstrdup(cf);
 	d->to = xstrdup(ct);
 	d->durable_dir = parent_of(ct);
+	d->durable_dir2 = parent_of(cf);
 	d->dev = sf.st_dev;
 	d->ino = sf.st_ino;
 	d->has_replaced = replaced;
@@ -826,6 +831,13 @@ void crashvfs_uninstall(void)
 	pthread_mutex_unlock(&mu);
 }
 
+void crashvfs_settle(void)
+{
+	pthread_mutex_lock(&mu);
+	forget_all();
+	pthread_mutex_unlock(&mu);
+}
+
 uint64_t crashvfs_op_count(void)
 {
 	uint64_t n;
@@ -852,4 +864,120 @@ bool crashvfs_power_is_cut(void)
 	c = cut;
 	pthread_mutex_unlock(&mu);
 	return c;
+}
+
+/* ------------------------------------------------------------------------- tree helpers ----- */
+
+static int copy_file(const char *from, const char *to, mode_t mode)
+{
+	int in = open(from, O_RDONLY | O_CLOEXEC), out, r = 0;
+	struct stat st;
+	if (in < 0) return -errno;
+	out = open(to, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode & 07777);
+	if (out < 0) {
+		r = -errno;
+		close(in);
+		return r;
+	}
+	if (fstat(in, &st) < 0) r = -errno;
+	for (off_t left = st.st_size; !r && left > 0;) {
+		ssize_t n = copy_file_range(in, NULL, out, NULL, (size_t)left, 0);
+		if (n < 0 && errno == EINTR) continue;
+		if (n < 0 && (errno == EXDEV || errno == ENOSYS || errno == EINVAL)) { /* plain copy */
+			static char buf[1 << 16];
+			off_t off = st.st_size - left;
+			ssize_t m = pread(in, buf, sizeof buf, off);
+			if (m <= 0) r = m < 0 ? -errno : -EIO;
+			else if (pwrite_all(out, buf, (size_t)m, (uint64_t)off)) r = -EIO;
+			else left -= m;
+			continue;
+		}
+		if (n <= 0) r = n < 0 ? -errno : -EIO;
+		else left -= n;
+	}
+	close(in);
+	if (close(out) < 0 && !r) r = -errno;
+	return r;
+}
+
+int crashvfs_copy_tree(const char *from, const char *to)
+{
+	struct stat st;
+	DIR *d;
+	struct dirent *de;
+	int r = 0;
+	if (lstat(from, &st) < 0) return -errno;
+	if (S_ISREG(st.st_mode)) return copy_file(from, to, st.st_mode);
+	if (S_ISLNK(st.st_mode)) {
+		char target[PATH_MAX];
+		ssize_t n = readlink(from, target, sizeof target - 1);
+		if (n < 0) return -errno;
+		target[n] = 0;
+		return symlink(target, to) < 0 ? -errno : 0;
+	}
+	if (!S_ISDIR(st.st_mode)) return 0; /* sockets, fifos: not copied */
+	if (mkdir(to, st.st_mode & 07777) < 0) return -errno;
+	d = opendir(from);
+	if (!d) return -errno;
+	while (!r && (de = readdir(d))) {
+		char a[PATH_MAX], b[PATH_MAX];
+		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, "..")) continue;
+		if ((size_t)snprintf(a, sizeof a, "%s/%s", from, de->d_name) >= sizeof a ||
+		    (size_t)snprintf(b, sizeof b, "%s/%s", to, de->d_name) >= sizeof b) {
+			r = -ENAMETOOLONG;
+			break;
+		}
+		r = crashvfs_copy_tree(a, b);
+	}
+	closedir(d);
+	return r;
+}
+
+int crashvfs_remove_tree(const char *path)
+{
+	struct stat st;
+	DIR *d;
+	struct dirent *de;
+	int r = 0;
+	if (lstat(path, &st) < 0) return errno == ENOENT ? 0 : -errno;
+	if (!S_ISDIR(st.st_mode)) return unlink(path) < 0 ? -errno : 0;
+	d = opendir(path);
+	if (!d) return -errno;
+	while ((de = readdir(d))) {
+		char a[PATH_MAX];
+		int rr;
+		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, "..")) continue;
+		if ((size_t)snprintf(a, sizeof a, "%s/%s", path, de->d_name) >= sizeof a) {
+			r = -ENAMETOOLONG;
+			continue;
+		}
+		rr = crashvfs_remove_tree(a);
+		if (rr && !r) r = rr;
+	}
+	closedir(d);
+	if (!r && rmdir(path) < 0) r = -errno;
+	return r;
+}
+
+static char workdir[PATH_MAX];
+
+const char *crashvfs_workdir(void)
+{
+	const char *base = getenv("TMPDIR");
+	if (workdir[0]) return workdir;
+	if (!base || !*base) base = access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp";
+	snprintf(workdir, sizeof workdir, "%s/ociblk-crash-XXXXXX", base);
+	if (!mkdtemp(workdir)) {
+		fprintf(stderr, "crashvfs: mkdtemp %s: %s\n", workdir, strerror(errno));
+		abort();
+	}
+	return workdir;
+}
+
+void crashvfs_workdir_done(bool keep)
+{
+	if (!workdir[0]) return;
+	if (keep) fprintf(stderr, "crashvfs: kept %s for inspection\n", workdir);
+	else crashvfs_remove_tree(workdir);
+	workdir[0] = 0;
 }

@@ -6,7 +6,8 @@
  *   - data: every pwrite / ftruncate / punch_hole since the last fsync of the file is volatile;
  *     fsync of the file makes all of them durable (data and size);
  *   - names: every create (open with O_CREAT that made a file), rename and unlink is volatile until
- *     fsync_dir of its directory (for rename: of the destination directory).  A volatile name
+ *     fsync_dir of its directory (for rename: of the source's or the destination's directory, since
+ *     journaling filesystems commit a rename as one transaction).  A volatile name
  *     operation may be undone at a crash, unless a later operation that is kept depends on it (same
  *     path, same inode, or a path below it), so the namespace after a crash is always one a real
  *     filesystem could show.  Directories made or removed outside the vfs (mkdir, rmdir) count as
@@ -49,6 +50,10 @@ int crashvfs_install(const char *stash_dir);
 /* Forgets the volatile state (as if everything were synced) and restores the POSIX vfs. */
 void crashvfs_uninstall(void);
 
+/* Forgets the volatile state: everything on disk now counts as durable (the crashvfs stays
+ * installed; it never calls the real fsync, so tests may keep it for their setup and checks). */
+void crashvfs_settle(void);
+
 /* Mutating ops since install / arm / crash. */
 uint64_t crashvfs_op_count(void);
 /* Power cut at op n (0-based, counted from this call): ops 0..n-1 run, op n and all after fail
@@ -62,5 +67,17 @@ bool crashvfs_power_is_cut(void);
  * code under test still holds keep pointing at the same files.  report may be NULL.
  * Returns 0 or -errno when the real filesystem failed (a harness failure, not a crash outcome). */
 int crashvfs_crash(uint64_t seed, struct crashvfs_report *report);
+
+/* Test helpers (plain syscalls, outside any vfs): recursive copy of a directory tree (regular
+ * files, directories, symlinks; copy_file_range) and recursive removal.  0 or -errno. */
+int crashvfs_copy_tree(const char *from, const char *to);
+int crashvfs_remove_tree(const char *path);
+
+/* A fresh private directory for a crash test's files: under $TMPDIR when set, else under /dev/shm
+ * when it is writable (a tmpfs: thousands of crash runs create and delete stores, and rmdir on a
+ * disk filesystem costs milliseconds), else under /tmp.  crashvfs_workdir_done(keep) removes it
+ * unless keep (then it says where it is on stderr). */
+const char *crashvfs_workdir(void);
+void crashvfs_workdir_done(bool keep);
 
 #endif
