@@ -76,8 +76,8 @@ static int cmd_commit(int argc, char **argv, const struct cli_globals *g)
 		json_object_object_add(o, "upper_blocks", json_object_new_int64((int64_t)st.upper_blocks));
 		cli_json_print(o);
 	} else if (!g->quiet) {
-		printf("image %s: %u layers, new top layer %s (%llu blocks from %s)\n", image, layers, digest,
-		       (unsigned long long)st.upper_blocks, container);
+		printf("image %s: %u layers, new top layer %s (%llu block%s written in %s)\n", image, layers, digest,
+		       (unsigned long long)st.upper_blocks, st.upper_blocks == 1 ? "" : "s", container);
 	}
 out:
 	layer_store_close(store);

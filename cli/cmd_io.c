@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define IO_PIECE_BYTES (1u << 20)
@@ -103,6 +104,13 @@ static int cmd_write(int argc, char **argv, const struct cli_globals *g)
 	size = cow_device_size_bytes(dev);
 	if (posix_memalign((void **)&buf, 4096, IO_BUF_BYTES) || !(data = malloc(IO_PIECE_BYTES))) {
 		err = log_error(-ENOMEM, "write: out of memory");
+		goto out;
+	}
+	/* A regular file's length is known: refuse before writing anything rather than half way. */
+	struct stat st;
+	if (fstat(in, &st) == 0 && S_ISREG(st.st_mode) && !ck_range_within(off, (uint64_t)st.st_size, size)) {
+		err = log_error(-ENOSPC, "write: %s: %llu bytes at offset %llu run past the end of the %llu-byte device", name,
+				(unsigned long long)st.st_size, (unsigned long long)off, (unsigned long long)size);
 		goto out;
 	}
 	for (;;) {

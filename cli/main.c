@@ -109,6 +109,9 @@ int main(int argc, char **argv)
 		} else if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
 			print_help(stdout);
 			return 0;
+		} else if (!strcmp(a, "--root")) {
+			fprintf(stderr, "ociblk: --root needs a directory\n");
+			return 2;
 		} else {
 			fprintf(stderr, "ociblk: unknown global option %s\n", a);
 			print_help(stderr);

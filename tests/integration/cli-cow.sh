@@ -71,6 +71,9 @@ printf 'stdin!' >"$T/six"; patch "$T/expect1.img" $((num1 * 4096 + 100)) "$T/six
 [ "$(json 'd["length_bytes"]' <"$T/out")" = 6 ] && ok "write --json reports the length" || notok "write --json reports the length"
 status "write past the end of the device: exit 1" 1 "$OCIBLK" write c1 $((32 * 1024 * 1024 - 3)) "$T/small"
 grep -q "past the end" "$T/err" && ok "and says so" || notok "and says so"
+"$OCIBLK" export c1 "$T/c1-now.img" >/dev/null 2>&1
+same "a refused write changed nothing" "$T/c1-now.img" "$T/expect1.img"
+rm -f "$T/c1-now.img"
 status "write into an image: exit 1" 1 "$OCIBLK" write base 0 "$T/small"
 
 # --- read back ---------------------------------------------------------------------------------
@@ -129,6 +132,18 @@ check "gc" "$OCIBLK" --json gc
 status "committed layer is gone" 1 "$OCIBLK" inspect "$L2"
 check "base layer survives (c2 and base use it)" "$OCIBLK" inspect "$BASE"
 check "fsck clean after gc" "$OCIBLK" fsck
+
+# --- a container held by another process (its lock file flock'ed, as a server does) -------------
+python3 -c 'import fcntl,sys,time; f=open(sys.argv[1]); fcntl.flock(f, fcntl.LOCK_EX); open(sys.argv[2], "w").close(); time.sleep(60)' \
+	"$OCIBLK_ROOT/containers/c2/lock" "$T/locked" &
+holder=$!
+for _ in $(seq 100); do [ -e "$T/locked" ] && break; sleep 0.1; done
+[ "$("$OCIBLK" ps --json | json '[c["in_use"] for c in d if c["name"]=="c2"][0]')" = True ] && ok "ps shows c2 in use" || notok "ps shows c2 in use"
+status "write into a container in use: exit 1" 1 "$OCIBLK" write c2 0 "$T/small"
+grep -q "in use" "$T/err" && ok "and says it is in use" || notok "and says it is in use"
+status "rm of a container in use: exit 1" 1 "$OCIBLK" rm c2
+kill "$holder"; wait "$holder" 2>/dev/null
+[ "$("$OCIBLK" ps --json | json '[c["in_use"] for c in d if c["name"]=="c2"][0]')" = False ] && ok "c2 free again" || notok "c2 free again"
 
 # --- a flipped byte in the base layer ----------------------------------------------------------
 ext=$("$OCIBLK" inspect --extents "$BASE" | json '[(e["offset_bytes"],e["stored_bytes"],e["block_index"]) for e in d["extent_list"] if e["kind"]=="data" and e["block_index"] <= '"$msg_blk"' < e["block_index"]+e["block_count"]][0]')

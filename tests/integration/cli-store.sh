@@ -96,6 +96,13 @@ jsonok "inspect layer is JSON" "$OCIBLK" inspect --extents "$L1"
 status "inspect unknown name: exit 1" 1 "$OCIBLK" inspect nothing-here
 jsonok "layer ls --json parses" "$OCIBLK" layer ls --json
 
+# --- --root and --json in either position ----------------------------------------------------
+[ "$(env -u OCIBLK_ROOT "$OCIBLK" --root "$OCIBLK_ROOT" --json images | json 'd[0]["name"]')" = base ] && ok "--root before the command" || notok "--root before the command"
+[ "$(env -u OCIBLK_ROOT "$OCIBLK" images --root="$OCIBLK_ROOT" --json | json 'd[0]["name"]')" = base ] && ok "--root= and --json after the command" || notok "--root= and --json after the command"
+status "--root without a directory: exit 2" 2 "$OCIBLK" --root
+status "a store that does not exist: exit 1" 1 "$OCIBLK" --root "$T/nowhere" images
+grep -q "nowhere" "$T/err" && ok "and the error names it" || notok "and the error names it"
+
 # --- fsck, rm, gc ------------------------------------------------------------------------------
 check "fsck is clean" "$OCIBLK" fsck
 jsonok "fsck --json parses" "$OCIBLK" fsck --json
