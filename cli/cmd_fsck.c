@@ -9,6 +9,7 @@
 #include <json-c/json.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 static const char fsck_usage[] =
 	"usage: ociblk fsck [--json]\n"
@@ -29,7 +30,14 @@ static int fsck_container(const char *name, void *opaque)
 	struct fsck_ctx *ctx = opaque;
 	struct cow_check_report rep;
 	memset(&rep, 0, sizeof rep);
-	int err = cow_container_check(ctx->store, name, &rep);
+	/* Hold the container's lock while checking, so no device writes its upper meanwhile; a
+	 * container open elsewhere is skipped and said so. */
+	log_set_quiet(1);
+	int lock_fd = layer_store_container_lock(ctx->store, name);
+	log_set_quiet(0);
+	int err = lock_fd == -EBUSY ? -EBUSY : cow_container_check(ctx->store, name, &rep);
+	if (lock_fd >= 0) close(lock_fd);
+	if (err == -EBUSY) log_warn("fsck: container %s is in use: not checked", name);
 	const char *state = "clean";
 	ctx->containers++;
 	ctx->blocks += rep.blocks_checked;

@@ -142,6 +142,8 @@ for _ in $(seq 100); do [ -e "$T/locked" ] && break; sleep 0.1; done
 status "write into a container in use: exit 1" 1 "$OCIBLK" write c2 0 "$T/small"
 grep -q "in use" "$T/err" && ok "and says it is in use" || notok "and says it is in use"
 status "rm of a container in use: exit 1" 1 "$OCIBLK" rm c2
+status "fsck skips a container in use (and says so)" 0 "$OCIBLK" fsck
+grep -q "c2 is in use" "$T/err" && ok "fsck names the skipped container" || notok "fsck names the skipped container"
 kill "$holder"; wait "$holder" 2>/dev/null
 [ "$("$OCIBLK" ps --json | json '[c["in_use"] for c in d if c["name"]=="c2"][0]')" = False ] && ok "c2 free again" || notok "c2 free again"
 
