@@ -781,7 +781,13 @@ int layer_store_container_remove(struct layer_store *s, const char *name)
 		r = log_error(r, "remove container %s: %s", name, strerror(-r));
 		goto out;
 	}
-	if (!(r = ls_path(s, p, sizeof p, "containers"))) r = vfs_fsync_dir(p);
+	/* A rename is durable once both directories are synced (the destination first). */
+	if (!(r = ls_path(s, p, sizeof p, "tmp"))) r = vfs_fsync_dir(p);
+	if (!r && !(r = ls_path(s, p, sizeof p, "containers"))) r = vfs_fsync_dir(p);
+	if (r) {
+		r = log_error(r, "remove container %s: fsync: %s", name, strerror(-r));
+		goto out;
+	}
 	ls_remove_tree(tmp);
 out:
 	layer_store_unlock(s);

@@ -9,6 +9,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -169,6 +170,62 @@ static void round_trip(struct layer_store *s, uint64_t *rng, uint64_t blocks, in
 	model_free(&m);
 }
 
+/* Threads decoding the same layer at once (cow/ does this): each must see exactly the data. */
+struct thread_arg {
+	struct layer *l;
+	const uint8_t *expect; /* block b's bytes at expect + b * BS */
+	int bad;
+};
+
+static void *decode_thread(void *p)
+{
+	struct thread_arg *a = p;
+	uint64_t n;
+	const struct layer_extent *x = layer_get_extents(a->l, &n);
+	uint8_t *stored = malloc((size_t)LAYER_CHUNK_BLOCKS_MAX * BS), *out = malloc((size_t)LAYER_CHUNK_BLOCKS_MAX * BS);
+	for (int rep = 0; rep < 20; rep++)
+		for (uint64_t i = 0; i < n; i++) {
+			if (pread(layer_get_fd(a->l), stored, x[i].stored_bytes, (off_t)x[i].offset_bytes) != (ssize_t)x[i].stored_bytes ||
+			    layer_decode_extent(a->l, i, stored, out) ||
+			    memcmp(out, a->expect + x[i].block_index * BS, (size_t)x[i].block_count * BS))
+				a->bad++;
+		}
+	free(stored);
+	free(out);
+	return NULL;
+}
+
+static void threaded_decode(struct layer_store *s, uint64_t *rng)
+{
+	enum { BLOCKS = 512, THREADS = 4 };
+	uint8_t *data = malloc((size_t)BLOCKS * BS);
+	struct layer_writer_options o = { .virtual_size_bytes = BLOCKS * BS, .zstd_level = 1 };
+	struct layer_writer *w;
+	struct layer *l = NULL;
+	char digest[SHA256_DIGEST_STRLEN];
+	pthread_t t[THREADS];
+	struct thread_arg a[THREADS];
+	int bad = 0;
+	for (uint64_t b = 0; b < BLOCKS; b++) fill_block(data + b * BS, rng, (int)(b % 2));
+	if (layer_writer_create(s, &o, &w) || layer_writer_add_data(w, 0, data, BLOCKS) || layer_writer_commit(w, digest) ||
+	    layer_open(s, digest, false, &l)) {
+		TAP_OK(0, "threaded decode: setup");
+		free(data);
+		return;
+	}
+	for (int i = 0; i < THREADS; i++) {
+		a[i] = (struct thread_arg){ .l = l, .expect = data };
+		pthread_create(&t[i], NULL, decode_thread, &a[i]);
+	}
+	for (int i = 0; i < THREADS; i++) {
+		pthread_join(t[i], NULL);
+		bad += a[i].bad;
+	}
+	TAP_IS(bad, 0, "threaded decode: %d threads decoding one layer all see the right data", THREADS);
+	layer_close(l);
+	free(data);
+}
+
 static int count_layers_fn(const char *d, void *opaque)
 {
 	(void)d;
@@ -248,6 +305,7 @@ int main(void)
 
 	TAP_IS(layer_store_layer_foreach(s, count_layers_fn, &nlayers), 0, "foreach layers");
 	TAP_IS(nlayers, 7, "7 distinct layers in the store");
+	threaded_decode(s, &rng);
 	layer_store_close(s);
 	return tap_done();
 }

@@ -122,7 +122,8 @@ int main(void)
 	TAP_IS(layer_store_image_get(s, "nope", &back), -ENOENT, "image get of a missing image is -ENOENT");
 	/* A malformed record file is -EIO, not a crash. */
 	snprintf(p, sizeof p, "%s/images/broken.json", root);
-	vfs_write_file_atomic(p, "{\"version\":1,\"name\":\"broken\",\"layers\":\"x\"}", 44);
+	const char *broken = "{\"version\":1,\"name\":\"broken\",\"layers\":\"x\"}";
+	vfs_write_file_atomic(p, broken, strlen(broken));
 	TAP_IS(layer_store_image_get(s, "broken", &back), -EIO, "malformed image record is -EIO");
 	vfs_write_file_atomic(p, "{\"version\":1,", 13);
 	TAP_IS(layer_store_image_get(s, "broken", &back), -EIO, "truncated image record is -EIO");
