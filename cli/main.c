@@ -24,7 +24,11 @@ void cli_command_register(struct cli_command *cmd)
 
 int cli_store_open(const struct cli_globals *g, bool create, struct layer_store **out)
 {
-	return layer_store_open(g->root, create ? LAYER_STORE_CREATE : 0, out);
+	int err = layer_store_open(g->root, create ? LAYER_STORE_CREATE : 0, out);
+	if (err == -ENOENT && !create)
+		fprintf(stderr, "ociblk: hint: `ociblk layer add-raw` (or an import) creates the store; "
+				"--root DIR or $OCIBLK_ROOT chooses another one\n");
+	return err;
 }
 
 int cli_usage_error(const char *usage, const char *fmt, ...)

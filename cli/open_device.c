@@ -28,6 +28,14 @@ int cli_device_open(struct layer_store *store, const char *cmd, const char *name
 	}
 	if (have_ctr && have_img)
 		return log_error(-EINVAL, "%s: '%s' is both a container and an image: add --container or --image", cmd, name);
+	if (!have_ctr && want == CLI_DEVICE_CONTAINER) {
+		memset(&img, 0, sizeof img);
+		err = layer_store_image_get(store, name, &img);
+		image_record_clear(&img);
+		if (err == 0)
+			return log_error(-EINVAL, "%s: '%s' is an image, which is read-only: create a container from it "
+					 "(ociblk create %s NAME)", cmd, name, name);
+	}
 	if (!have_ctr && !have_img) {
 		const char *what = want == CLI_DEVICE_IMAGE ? "image" : want == CLI_DEVICE_CONTAINER ? "container" : "container or image";
 		return log_error(-ENOENT, "%s: no %s named '%s'", cmd, what, name);
