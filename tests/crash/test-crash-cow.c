@@ -1,0 +1,527 @@
+/* Power-loss test of the cow engine (the DURABILITY CONTRACT of cow/cow.h).
+ *
+ * A store holds a 2 MiB image of two layers (data, ZERO extents, holes) and a container on it.
+ * A seeded workload of a few hundred requests runs on the container: partial and whole-block
+ * writes into lower and upper blocks, FUA writes, flushes, discards, write-zeroes (punching or
+ * not), reads checked against the model, a cow_device_commit in the middle, frequent journal
+ * compaction (small journal limit), and the final close.  A clean run counts its crash points K;
+ * then for >= 1000 runs spread over [0, K] (K itself: the uncut run): a fresh copy of the starting
+ * store, the crashvfs armed at the point, the workload until it fails, a crash, and the checks:
+ *   - the store and the container reopen; layer_store_fsck and cow_container_check are clean;
+ *   - every 512-byte sector of the device reads either its value at the last completed flush /
+ *     FUA write / commit / close, or the value of a write issued after it (the contract);
+ *   - the recovered device works: new writes + flush survive a close and reopen, nothing else moves.
+ * Every third run crashes a second time during recovery (open, flush, close of the container)
+ * before the checks, which hold to the same model.
+ *
+ * Seeds: OCIBLK_SEED replays the whole run (workload and crash outcomes); OCIBLK_CRASH_POINTS
+ * sets the number of crash runs (default 1000, at least K+1 when K is larger). */
+#include "common/log.h"
+#include "common/vfs.h"
+#include "cow/cow.h"
+#include "layer-store/layer_store.h"
+#include "tests/lib/crashvfs.h"
+#include "tests/lib/tap.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define BLK 4096u
+#define SEC 512u
+#define DEV_BLOCKS 512u
+#define DEV_BYTES ((uint64_t)DEV_BLOCKS * BLK)
+#define SECTORS (DEV_BLOCKS * (BLK / SEC))
+#define N_OPS 240
+#define COMMIT_AT (N_OPS / 2)
+#define V_ZERO 0u
+#define V_BASE 1u
+
+static uint64_t seed;
+static uint8_t base[DEV_BYTES];          /* what the image reads as */
+static char workdir[512], template_root[600], run_root[600], stash[600];
+
+/* ---------------------------------------------------------------- contents ------------------ */
+
+static void pattern_sector(uint32_t v, uint64_t s, uint8_t *out)
+{
+	for (unsigned i = 0; i < SEC; i += 8) {
+		uint64_t x = ((uint64_t)v * 0x9E3779B97F4A7C15ull) ^ (s * 0xC2B2AE3D27D4EB4Full) ^ i ^ seed;
+		x ^= x >> 29;
+		x *= 0xBF58476D1CE4E5B9ull;
+		x ^= x >> 32;
+		memcpy(out + i, &x, 8);
+	}
+}
+
+/* Sector s as version v holds it: 0 zeros, 1 the base image, else a pattern. */
+static void sector_of(uint32_t v, uint64_t s, uint8_t *out)
+{
+	if (v == V_ZERO) memset(out, 0, SEC);
+	else if (v == V_BASE) memcpy(out, base + s * SEC, SEC);
+	else pattern_sector(v, s, out);
+}
+
+/* ---------------------------------------------------------------- the model ----------------- */
+
+/* cur: the value now; dur: at the last durable point; since: every value written to the sector
+ * after it (the op in progress included) -- the sector may hold dur or any of these. */
+struct model {
+	uint32_t cur[SECTORS], dur[SECTORS];
+	uint32_t *since[SECTORS];
+	uint16_t n[SECTORS], cap[SECTORS];
+	uint32_t next_version;
+};
+
+static void model_init(struct model *m)
+{
+	for (uint64_t s = 0; s < SECTORS; s++) {
+		m->cur[s] = m->dur[s] = V_BASE;
+		m->n[s] = 0;
+	}
+	m->next_version = 2;
+}
+
+static void model_free(struct model *m)
+{
+	for (uint64_t s = 0; s < SECTORS; s++) {
+		free(m->since[s]);
+		m->since[s] = NULL;
+		m->cap[s] = m->n[s] = 0;
+	}
+}
+
+/* Before an op writes v over [first, first+count) sectors. */
+static void model_allow(struct model *m, uint64_t first, uint64_t count, uint32_t v)
+{
+	for (uint64_t s = first; s < first + count; s++) {
+		if (m->n[s] && m->since[s][m->n[s] - 1] == v) continue;
+		if (m->n[s] == m->cap[s]) {
+			m->cap[s] = m->cap[s] ? (uint16_t)(m->cap[s] * 2) : 4;
+			m->since[s] = realloc(m->since[s], m->cap[s] * sizeof(uint32_t));
+			if (!m->since[s]) abort();
+		}
+		m->since[s][m->n[s]++] = v;
+	}
+}
+
+/* After the op completed. */
+static void model_set(struct model *m, uint64_t first, uint64_t count, uint32_t v)
+{
+	for (uint64_t s = first; s < first + count; s++) m->cur[s] = v;
+}
+
+/* A flush, FUA write, commit or close completed: everything so far is durable. */
+static void model_durable(struct model *m)
+{
+	memcpy(m->dur, m->cur, sizeof m->dur);
+	memset(m->n, 0, sizeof m->n);
+}
+
+static bool sector_allowed(const struct model *m, uint64_t s, const uint8_t *got)
+{
+	uint8_t want[SEC];
+	sector_of(m->dur[s], s, want);
+	if (!memcmp(got, want, SEC)) return true;
+	for (unsigned i = 0; i < m->n[s]; i++) {
+		sector_of(m->since[s][i], s, want);
+		if (!memcmp(got, want, SEC)) return true;
+	}
+	return false;
+}
+
+/* Which known version the sector holds (for messages): a version, or -1. */
+static long long sector_identify(const struct model *m, uint64_t s, const uint8_t *got)
+{
+	uint8_t want[SEC];
+	for (uint32_t v = 0; v < m->next_version; v++) {
+		sector_of(v, s, want);
+		if (!memcmp(got, want, SEC)) return v;
+	}
+	return -1;
+}
+
+/* ---------------------------------------------------------------- setup --------------------- */
+
+static int add_layer(struct layer_store *s, const char *parent, int layer, uint64_t *rng, char digest[SHA256_DIGEST_STRLEN])
+{
+	struct layer_writer_options o = { .virtual_size_bytes = DEV_BYTES, .parent_digest = parent,
+					  .zstd_level = layer ? 3 : 0, .chunk_blocks = 8 };
+	struct layer_writer *w;
+	static uint8_t buf[64 * BLK];
+	int r = layer_writer_create(s, &o, &w);
+	if (r) return r;
+	for (uint64_t b = tap_rand(rng) % 8; b < DEV_BLOCKS && !r;) {
+		uint64_t n = 1 + tap_rand(rng) % (layer ? 12 : 40), kind = tap_rand(rng) % 6;
+		if (n > DEV_BLOCKS - b) n = DEV_BLOCKS - b;
+		if (kind == 0) {
+			r = layer_writer_add_zero(w, b, n);
+			memset(base + b * BLK, 0, n * BLK);
+		} else {
+			for (uint64_t k = 0; k < n; k++)
+				for (unsigned i = 0; i < BLK; i += 8) {
+					/* layer 1 compressible: zstd chunks too */
+					uint64_t x = tap_rand(rng);
+					if (layer) x &= 0x00FF00FF00FF00FFull;
+					memcpy(buf + k * BLK + i, &x, 8);
+				}
+			for (uint64_t p = 0; p < n && !r; p += 64) {
+				uint64_t k = n - p < 64 ? n - p : 64;
+				r = layer_writer_add_data(w, b + p, buf + p * BLK, k);
+			}
+			memcpy(base + b * BLK, buf, n * BLK);
+		}
+		b += n + (layer ? tap_rand(rng) % 30 : tap_rand(rng) % 6);
+	}
+	if (r) {
+		layer_writer_abort(w);
+		return r;
+	}
+	return layer_writer_commit(w, digest);
+}
+
+static int make_template(void)
+{
+	struct layer_store *s;
+	struct image_record *img = calloc(1, sizeof *img);
+	uint64_t rng = seed ^ 0x5EED;
+	int r = layer_store_open(template_root, LAYER_STORE_CREATE, &s);
+	if (r) return r;
+	memset(base, 0, sizeof base);
+	snprintf(img->name, sizeof img->name, "base");
+	img->size_bytes = DEV_BYTES;
+	img->layer_count = 2;
+	r = add_layer(s, NULL, 0, &rng, img->layers[0]);
+	if (!r) r = add_layer(s, img->layers[0], 1, &rng, img->layers[1]);
+	if (!r) r = layer_store_image_put(s, img);
+	if (!r) r = layer_store_container_create(s, "base", "c");
+	free(img);
+	layer_store_close(s);
+	return r;
+}
+
+/* ---------------------------------------------------------------- the workload -------------- */
+
+struct outcome {
+	int ops_done;        /* requests that completed */
+	int failed_op;       /* index of the op that failed, or -1 */
+	int live_mismatch;   /* reads that disagreed with the model (a bug without any crash) */
+	char what[128];      /* the op in progress when it failed */
+};
+
+static int do_write(struct cow_device *dev, struct model *m, uint64_t off, uint64_t len, unsigned flags)
+{
+	static uint8_t buf[16 * BLK];
+	uint32_t v = m->next_version++;
+	uint64_t first = off / SEC, n = len / SEC;
+	int r;
+	for (uint64_t i = 0; i < n; i++) sector_of(v, first + i, buf + i * SEC);
+	model_allow(m, first, n, v);
+	r = cow_device_write(dev, off, buf, len, flags);
+	if (r) return r;
+	model_set(m, first, n, v);
+	if (flags & COW_FUA) model_durable(m);
+	return 0;
+}
+
+static int do_zero(struct cow_device *dev, struct model *m, bool discard, uint64_t off, uint64_t len, unsigned flags)
+{
+	uint64_t first = off / SEC, n = len / SEC;
+	int r;
+	model_allow(m, first, n, V_ZERO);
+	r = discard ? cow_device_discard(dev, off, len) : cow_device_write_zeroes(dev, off, len, flags);
+	if (r) return r;
+	model_set(m, first, n, V_ZERO);
+	if (flags & COW_FUA) model_durable(m);
+	return 0;
+}
+
+/* A random sector-aligned range: partial within a block, whole blocks, or spanning unaligned. */
+static void pick_range(uint64_t *rng, uint64_t *off, uint64_t *len)
+{
+	uint64_t kind = tap_rand(rng) % 4;
+	uint64_t b = tap_rand(rng) % DEV_BLOCKS;
+	if (kind == 0) { /* whole blocks */
+		uint64_t n = 1 + tap_rand(rng) % 4;
+		if (b + n > DEV_BLOCKS) n = DEV_BLOCKS - b;
+		*off = b * BLK;
+		*len = n * BLK;
+	} else if (kind == 1 || kind == 2) { /* inside one block */
+		uint64_t s0 = tap_rand(rng) % 8, ns = 1 + tap_rand(rng) % (8 - s0);
+		*off = b * BLK + s0 * SEC;
+		*len = ns * SEC;
+	} else { /* unaligned, up to 3 blocks */
+		uint64_t s0 = tap_rand(rng) % SECTORS, ns = 1 + tap_rand(rng) % 24;
+		if (s0 + ns > SECTORS) ns = SECTORS - s0;
+		*off = s0 * SEC;
+		*len = ns * SEC;
+	}
+}
+
+/* Runs the workload until it ends or an op fails (the power cut). */
+static void workload(struct layer_store *s, struct model *m, struct outcome *o)
+{
+	struct cow_device *dev = NULL;
+	static uint8_t rbuf[16 * BLK], want[SEC];
+	uint64_t rng = seed * 7 + 3;
+	int r, i;
+	memset(o, 0, sizeof *o);
+	o->failed_op = -1;
+	snprintf(o->what, sizeof o->what, "open");
+	r = cow_device_open_container(s, "c", &dev);
+	if (r) {
+		o->failed_op = 0;
+		return;
+	}
+	cow_device_set_journal_limit(dev, 1024); /* compaction every few flushes */
+	for (i = 0; i < N_OPS; i++) {
+		uint64_t op = tap_rand(&rng) % 100, off, len;
+		pick_range(&rng, &off, &len);
+		if (i == COMMIT_AT) {
+			snprintf(o->what, sizeof o->what, "commit");
+			r = cow_device_commit(dev, "snap", NULL);
+			if (!r) model_durable(m);
+		} else if (op < 42) {
+			snprintf(o->what, sizeof o->what, "write %llu+%llu", (unsigned long long)off, (unsigned long long)len);
+			r = do_write(dev, m, off, len, 0);
+		} else if (op < 50) {
+			snprintf(o->what, sizeof o->what, "fua write %llu+%llu", (unsigned long long)off, (unsigned long long)len);
+			r = do_write(dev, m, off, len, COW_FUA);
+		} else if (op < 60) {
+			snprintf(o->what, sizeof o->what, "flush");
+			r = cow_device_flush(dev);
+			if (!r) model_durable(m);
+		} else if (op < 68) {
+			snprintf(o->what, sizeof o->what, "discard %llu+%llu", (unsigned long long)off, (unsigned long long)len);
+			r = do_zero(dev, m, true, off, len, 0);
+		} else if (op < 78) {
+			unsigned flags = (op & 1 ? COW_NO_HOLE : 0) | (op % 3 == 0 ? COW_FUA : 0);
+			snprintf(o->what, sizeof o->what, "write_zeroes %llu+%llu flags %u", (unsigned long long)off,
+				 (unsigned long long)len, flags);
+			r = do_zero(dev, m, false, off, len, flags);
+		} else {
+			snprintf(o->what, sizeof o->what, "read %llu+%llu", (unsigned long long)off, (unsigned long long)len);
+			r = cow_device_read(dev, off, rbuf, len);
+			for (uint64_t k = 0; !r && k < len / SEC; k++) {
+				sector_of(m->cur[off / SEC + k], off / SEC + k, want);
+				if (memcmp(rbuf + k * SEC, want, SEC)) {
+					o->live_mismatch++;
+					break;
+				}
+			}
+		}
+		if (r) {
+			o->failed_op = i + 1;
+			break;
+		}
+		o->ops_done++;
+	}
+	if (!r) snprintf(o->what, sizeof o->what, "close");
+	r = cow_device_close(dev); /* flushes; after a power cut it fails and only frees */
+	if (!r && o->failed_op < 0) model_durable(m);
+	else if (r && o->failed_op < 0) o->failed_op = N_OPS + 1;
+}
+
+/* ---------------------------------------------------------------- one crash run ------------- */
+
+static struct model model;
+
+static int check_after_crash(const struct model *m, uint64_t point, char *why, size_t why_len)
+{
+	struct layer_store *s = NULL;
+	struct layer_store_fsck_report fr;
+	struct cow_check_report cr;
+	struct cow_device *dev = NULL;
+	static uint8_t got[DEV_BYTES], again[DEV_BYTES], blk[BLK];
+	uint64_t rng = seed ^ (point * 0x2545F4914F6CDD1Dull);
+	int r;
+
+	if ((r = layer_store_open(run_root, 0, &s))) {
+		snprintf(why, why_len, "store does not open: %d", r);
+		return -1;
+	}
+	if ((r = layer_store_fsck(s, &fr))) {
+		snprintf(why, why_len, "layer_store_fsck: %d (%llu errors)", r, (unsigned long long)fr.errors);
+		goto fail;
+	}
+	if ((r = cow_container_check(s, "c", &cr))) {
+		snprintf(why, why_len, "cow_container_check: %d (%llu errors)", r, (unsigned long long)cr.errors);
+		goto fail;
+	}
+	if ((r = cow_device_open_container(s, "c", &dev))) {
+		snprintf(why, why_len, "container does not open: %d", r);
+		goto fail;
+	}
+	if ((r = cow_device_read(dev, 0, got, DEV_BYTES))) {
+		snprintf(why, why_len, "read of the device: %d", r);
+		goto fail;
+	}
+	for (uint64_t sct = 0; sct < SECTORS; sct++) {
+		if (sector_allowed(m, sct, got + sct * SEC)) continue;
+		{
+			char list[200];
+			size_t o = 0;
+			list[0] = 0;
+			for (unsigned i = 0; i < m->n[sct] && o < sizeof list - 12; i++)
+				o += (size_t)snprintf(list + o, sizeof list - o, " %u", m->since[sct][i]);
+			snprintf(why, why_len,
+				 "sector %llu (block %llu) holds version %lld; allowed: %u (at last flush) or written since:%s",
+				 (unsigned long long)sct, (unsigned long long)(sct / 8), sector_identify(m, sct, got + sct * SEC),
+				 m->dur[sct], list[0] ? list : " none");
+		}
+		goto fail;
+	}
+	/* the recovered device keeps working: new writes + flush survive a reopen */
+	for (int i = 0; i < 8 && !r; i++) {
+		uint64_t b = tap_rand(&rng) % DEV_BLOCKS, len = (i & 1) ? BLK : 2 * SEC; /* whole and partial */
+		for (unsigned k = 0; k < BLK / SEC; k++) pattern_sector(0xFFFF0000u + (uint32_t)i, b * 8 + k, blk + k * SEC);
+		r = cow_device_write(dev, b * BLK, blk, len, 0);
+		memcpy(got + b * BLK, blk, len);
+	}
+	if (r || (r = cow_device_flush(dev))) {
+		snprintf(why, why_len, "write/flush after recovery: %d", r);
+		goto fail;
+	}
+	r = cow_device_close(dev);
+	dev = NULL;
+	if (r || (r = cow_device_open_container(s, "c", &dev)) || (r = cow_device_read(dev, 0, again, DEV_BYTES))) {
+		snprintf(why, why_len, "close/reopen/read after recovery: %d", r);
+		goto fail;
+	}
+	for (uint64_t b = 0; b < DEV_BLOCKS; b++)
+		if (memcmp(got + b * BLK, again + b * BLK, BLK)) {
+			snprintf(why, why_len, "after recovery, a flushed write + reopen: block %llu differs", (unsigned long long)b);
+			goto fail;
+		}
+	cow_device_close(dev);
+	layer_store_close(s);
+	return 0;
+fail:
+	if (dev) cow_device_close(dev);
+	layer_store_close(s);
+	return -1;
+}
+
+/* A second power cut during recovery: the store and container are opened (recovering the upper),
+ * flushed and closed with the power cut at op `point2`, then crashed again. */
+static int crash_during_recovery(uint64_t point2, uint64_t crash_seed)
+{
+	struct layer_store *s = NULL;
+	struct cow_device *dev = NULL;
+	crashvfs_arm(point2);
+	log_set_quiet(1);
+	if (!layer_store_open(run_root, 0, &s)) {
+		if (!cow_device_open_container(s, "c", &dev)) {
+			cow_device_flush(dev);
+			cow_device_close(dev);
+		}
+		layer_store_close(s);
+	}
+	log_set_quiet(0);
+	return crashvfs_crash(crash_seed, NULL);
+}
+
+static int crash_run(uint64_t point, uint64_t crash_seed, bool twice, struct outcome *o, char *why, size_t why_len)
+{
+	struct layer_store *s = NULL;
+	int r;
+	if ((r = crashvfs_remove_tree(run_root)) || (r = crashvfs_copy_tree(template_root, run_root))) {
+		snprintf(why, why_len, "copy of the starting store: %d", r);
+		return -1;
+	}
+	crashvfs_settle();
+	if ((r = layer_store_open(run_root, 0, &s))) {
+		snprintf(why, why_len, "store open: %d", r);
+		return -1;
+	}
+	model_free(&model);
+	model_init(&model);
+	crashvfs_arm(point);
+	log_set_quiet(1);
+	workload(s, &model, o);
+	log_set_quiet(0);
+	layer_store_close(s);
+	if (o->failed_op >= 0 && !crashvfs_power_is_cut()) {
+		snprintf(why, why_len, "op %d (%s) failed without a power cut", o->failed_op, o->what);
+		return -1;
+	}
+	if (o->live_mismatch) {
+		snprintf(why, why_len, "%d reads disagreed with the model before the crash", o->live_mismatch);
+		return -1;
+	}
+	if ((r = crashvfs_crash(crash_seed, NULL))) {
+		snprintf(why, why_len, "crashvfs_crash: %d", r);
+		return -1;
+	}
+	/* still bound by the same model: recovery must not lose or invent anything either */
+	if (twice && (r = crash_during_recovery(crash_seed % 6, crash_seed >> 8))) {
+		snprintf(why, why_len, "second crashvfs_crash: %d", r);
+		return -1;
+	}
+	return check_after_crash(&model, point, why, why_len);
+}
+
+int main(void)
+{
+	struct outcome o;
+	uint64_t k_ops, runs, passed = 0, cut_in_commit = 0, cut_in_close = 0, uncut = 0;
+	const char *e = getenv("OCIBLK_CRASH_POINTS");
+	char why[1024];
+	int failures = 0, r;
+
+	seed = tap_seed();
+	snprintf(workdir, sizeof workdir, "%s", crashvfs_workdir());
+	snprintf(template_root, sizeof template_root, "%s/template", workdir);
+	snprintf(run_root, sizeof run_root, "%s/run", workdir);
+	snprintf(stash, sizeof stash, "%s/stash", workdir);
+	if (!TAP_IS(crashvfs_install(stash), 0, "crashvfs installed")) return tap_done();
+	if (!TAP_IS(make_template(), 0, "starting store: 2-layer image of %u blocks and a container", DEV_BLOCKS))
+		return tap_done();
+
+	/* the clean run */
+	if (crashvfs_copy_tree(template_root, run_root)) return tap_done();
+	{
+		struct layer_store *s;
+		crashvfs_settle();
+		layer_store_open(run_root, 0, &s);
+		model_init(&model);
+		crashvfs_arm(UINT64_MAX);
+		workload(s, &model, &o);
+		k_ops = crashvfs_op_count();
+		layer_store_close(s);
+	}
+	TAP_OK(o.failed_op < 0 && o.ops_done == N_OPS, "workload of %d requests runs clean (%s at %d): %llu crash points",
+	       N_OPS, o.what, o.failed_op, (unsigned long long)k_ops);
+	TAP_IS(o.live_mismatch, 0, "every read of the workload matches the model");
+	if (o.failed_op >= 0) return tap_done();
+	why[0] = 0;
+	r = crashvfs_crash(seed, NULL);
+	TAP_OK(!r && check_after_crash(&model, 0, why, sizeof why) == 0, "a crash after the clean run loses nothing %s", why);
+
+	runs = e ? strtoull(e, NULL, 0) : 1000;
+	if (!e && runs < k_ops + 1) runs = k_ops + 1;
+	for (uint64_t i = 0; i < runs; i++) {
+		uint64_t point = runs >= k_ops + 1 ? i % (k_ops + 1) : i * (k_ops + 1) / runs;
+		uint64_t crash_seed = seed ^ ((i + 1) * 0x9E3779B97F4A7C15ull);
+		bool twice = i % 3 == 2;
+		if (crash_run(point, crash_seed, twice, &o, why, sizeof why) == 0) {
+			passed++;
+			if (o.failed_op < 0) uncut++;
+			else if (o.failed_op == COMMIT_AT + 1) cut_in_commit++;
+			else if (o.failed_op == N_OPS + 1) cut_in_close++;
+		} else if (failures++ < 10) {
+			tap_ok(0, "crash point %llu of %llu%s, crash seed %llu (replay: OCIBLK_SEED=%llu), cut in op %d (%s): %s",
+			       (unsigned long long)point, (unsigned long long)k_ops, twice ? " and again in recovery" : "",
+			       (unsigned long long)crash_seed, (unsigned long long)seed, o.failed_op, o.what, why);
+		}
+	}
+	TAP_IS(passed, runs, "%llu of %llu crash runs passed (reopen, fsck, container check, every sector old or new)",
+	       (unsigned long long)passed, (unsigned long long)runs);
+	tap_diag("runs cut inside the commit: %llu, inside the final close: %llu, not cut: %llu",
+		 (unsigned long long)cut_in_commit, (unsigned long long)cut_in_close, (unsigned long long)uncut);
+	model_free(&model);
+	crashvfs_uninstall();
+	crashvfs_workdir_done(passed != runs);
+	return tap_done();
+}
