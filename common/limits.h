@@ -41,6 +41,28 @@
 #define COW_IOV_MAX 1024u
 
 /* ---- image-import ---- */
+/* Manifests, indexes and configs: registries cap manifests at 4 MiB; configs with long histories
+ * stay far below 8 MiB.  Anything bigger is not an image we want to hold in memory. */
+#define IMAGE_IMPORT_JSON_BYTES_MAX (8u << 20)
+/* JSON nesting: real documents nest < 10 deep; json-c recurses, so bound it. */
+#define IMAGE_IMPORT_JSON_DEPTH_MAX 32
+/* Layers of one image: Docker caps at 127; leave room in LAYER_CHAIN_MAX for commits. */
+#define IMAGE_IMPORT_LAYERS_MAX 127u
+/* Descriptors in one index and images in one docker-archive manifest.json. */
+#define IMAGE_IMPORT_INDEX_ENTRIES_MAX 1024u
+/* One blob (compressed layer): 64 GiB is beyond any real layer, and keeps sizes well inside int64. */
+#define IMAGE_IMPORT_BLOB_BYTES_MAX (64ull << 30)
+/* One uncompressed layer tar: 256 GiB; a decompression bomb stops here instead of hashing forever. */
+#define IMAGE_IMPORT_LAYER_TAR_BYTES_MAX (256ull << 30)
+/* Entries in one layer tar, checked in the verify pass: ten times the largest distribution images. */
+#define IMAGE_IMPORT_LAYER_ENTRIES_MAX (4u << 20)
+/* Members of an oci-archive / docker-archive tar, and the length of one member name. */
+#define IMAGE_IMPORT_ARCHIVE_MEMBERS_MAX 65536u
+#define IMAGE_IMPORT_ARCHIVE_NAME_MAX 1024u
+/* Symlink hops when resolving a docker-archive member (legacy saves link duplicate layers). */
+#define IMAGE_IMPORT_SYMLINK_HOPS_MAX 8u
+/* Smallest device an image can be imported to (ext4 with a journal needs a few MiB). */
+#define IMAGE_IMPORT_SIZE_MIN_BYTES (64ull << 20)
 
 /* ---- nbd ---- */
 

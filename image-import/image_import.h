@@ -14,6 +14,7 @@
 #define OCIBLK_IMAGE_IMPORT_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "layer-store/layer_store.h"
@@ -38,5 +39,15 @@ struct image_import_result {
 
 int image_import(struct layer_store *store, const struct image_import_options *opts,
 		 struct image_import_result *result);
+
+/* Validates one JSON document the way image_import does (types, sizes, limits); 0 or -errno
+ * (logged).  For the fuzz target and unit tests of the parsers. */
+enum image_import_json_kind {
+	IMAGE_IMPORT_JSON_INDEX = 1,          /* OCI index.json / image index / Docker manifest list */
+	IMAGE_IMPORT_JSON_MANIFEST = 2,       /* OCI / Docker image manifest */
+	IMAGE_IMPORT_JSON_CONFIG = 3,         /* OCI / Docker image config */
+	IMAGE_IMPORT_JSON_DOCKER_MANIFEST = 4,/* docker-archive manifest.json */
+};
+int image_import_json_check(enum image_import_json_kind kind, const void *buf, size_t len);
 
 #endif
