@@ -210,6 +210,8 @@ int layer_store_open(const char *root, unsigned flags, struct layer_store **out)
 	}
 	ls_path(s, p, sizeof p, "lock");
 	s->lock_fd = open(p, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+	if (s->lock_fd < 0 && (errno == EACCES || errno == EROFS || errno == EPERM))
+		s->lock_fd = open(p, O_RDONLY | O_CLOEXEC); /* read-only access to the store: flock works too */
 	if (s->lock_fd < 0) {
 		r = log_error(-errno, "open store %s: lock file: %s", s->root, strerror(errno));
 		goto fail;
