@@ -95,6 +95,8 @@ int cow_journal_record(const struct cow_change *changes, uint64_t count, uint64_
 struct cow_range_lock {
 	uint64_t first_block, end_block; /* [first, end) */
 	bool exclusive;
+	bool waiting;                             /* queued behind a conflicting earlier range */
+	void (*wake)(struct cow_range_lock *lk);  /* async waiter: called under dev->mu when granted */
 	uint64_t ticket;
 	struct cow_range_lock *next;
 };
@@ -174,8 +176,30 @@ int cow_validate(const struct cow_device *dev, const struct cow_request *req);
  * the journal restarts empty (compaction, and the reset after a commit). */
 int cow_map_rewrite(struct cow_device *dev);
 
-/* Range locks: waits (FIFO) until no earlier conflicting range is held. */
+/* The same without taking the range lock (the caller holds it); no FUA handling. */
+int cow_exec_locked(struct cow_device *dev, struct cow_chunk_cache *c, const struct cow_request *req);
+void cow_count_op(struct cow_device *dev, enum cow_op op);
+/* 1 when req (range lock held) is one readv/writev of upper.data: a read of blocks all in the
+ * upper, or a write whose partial head/tail blocks are already in the upper (no copy-up). */
+bool cow_upper_direct(const struct cow_device *dev, const struct cow_request *req);
+bool cow_req_modifies(const struct cow_request *req);
+void cow_req_blocks(const struct cow_request *req, uint64_t *first, uint64_t *end);
+/* Sets blocks [first, end) to state s and records the changes for the journal (call after the
+ * data write completed). */
+int cow_set_state(struct cow_device *dev, uint64_t first, uint64_t end, uint8_t s);
+/* Flush in two halves: capture the completed changes (before syncing upper.data), then journal
+ * them (after). */
+uint64_t cow_flush_capture(struct cow_device *dev);
+int cow_flush_journal(struct cow_device *dev, uint64_t target);
+/* Both halves with a synchronous fsync. */
+int cow_flush(struct cow_device *dev);
+
+/* Range locks, granted FIFO: a range waits behind every earlier conflicting one (held or
+ * waiting).  acquire blocks; try_acquire returns true when granted at once, else parks lk and
+ * calls wake (under dev->mu, from the releasing thread) when it is granted. */
 void cow_range_acquire(struct cow_device *dev, struct cow_range_lock *lk, uint64_t first, uint64_t end, bool exclusive);
+bool cow_range_try_acquire(struct cow_device *dev, struct cow_range_lock *lk, uint64_t first, uint64_t end,
+			   bool exclusive, void (*wake)(struct cow_range_lock *lk));
 void cow_range_release(struct cow_device *dev, struct cow_range_lock *lk);
 
 #endif

@@ -281,28 +281,48 @@ static bool conflicts(const struct cow_range_lock *a, const struct cow_range_loc
 	return (a->exclusive || b->exclusive) && a->first_block < b->end_block && b->first_block < a->end_block;
 }
 
-void cow_range_acquire(struct cow_device *dev, struct cow_range_lock *lk, uint64_t first, uint64_t end, bool exclusive)
+/* Under dev->mu: 1 when an earlier entry (held or waiting) conflicts with lk. */
+static bool range_blocked(struct cow_device *dev, const struct cow_range_lock *lk)
+{
+	for (struct cow_range_lock *o = dev->ranges; o && o != lk; o = o->next)
+		if (conflicts(o, lk)) return true;
+	return false;
+}
+
+static void range_enqueue(struct cow_device *dev, struct cow_range_lock *lk, uint64_t first, uint64_t end,
+			  bool exclusive)
 {
 	lk->first_block = first;
 	lk->end_block = end;
 	lk->exclusive = exclusive;
 	lk->next = NULL;
-	pthread_mutex_lock(&dev->mu);
+	lk->waiting = true;
 	lk->ticket = dev->next_ticket++;
 	struct cow_range_lock **pp = &dev->ranges;
 	while (*pp) pp = &(*pp)->next;
 	*pp = lk;
-	for (;;) {
-		bool blocked = false;
-		for (struct cow_range_lock *o = dev->ranges; o && o != lk; o = o->next)
-			if (conflicts(o, lk)) {
-				blocked = true;
-				break;
-			}
-		if (!blocked) break;
-		pthread_cond_wait(&dev->range_cv, &dev->mu);
-	}
+}
+
+void cow_range_acquire(struct cow_device *dev, struct cow_range_lock *lk, uint64_t first, uint64_t end, bool exclusive)
+{
+	pthread_mutex_lock(&dev->mu);
+	lk->wake = NULL;
+	range_enqueue(dev, lk, first, end, exclusive);
+	while (range_blocked(dev, lk)) pthread_cond_wait(&dev->range_cv, &dev->mu);
+	lk->waiting = false;
 	pthread_mutex_unlock(&dev->mu);
+}
+
+bool cow_range_try_acquire(struct cow_device *dev, struct cow_range_lock *lk, uint64_t first, uint64_t end,
+			   bool exclusive, void (*wake)(struct cow_range_lock *lk))
+{
+	pthread_mutex_lock(&dev->mu);
+	lk->wake = wake;
+	range_enqueue(dev, lk, first, end, exclusive);
+	bool granted = !range_blocked(dev, lk);
+	if (granted) lk->waiting = false;
+	pthread_mutex_unlock(&dev->mu);
+	return granted;
 }
 
 void cow_range_release(struct cow_device *dev, struct cow_range_lock *lk)
@@ -312,6 +332,12 @@ void cow_range_release(struct cow_device *dev, struct cow_range_lock *lk)
 		if (*pp == lk) {
 			*pp = lk->next;
 			break;
+		}
+	/* grant parked asynchronous waiters that are no longer blocked; blocking waiters re-check */
+	for (struct cow_range_lock *o = dev->ranges; o; o = o->next)
+		if (o->waiting && o->wake && !range_blocked(dev, o)) {
+			o->waiting = false;
+			o->wake(o);
 		}
 	pthread_cond_broadcast(&dev->range_cv);
 	pthread_mutex_unlock(&dev->mu);
@@ -342,7 +368,7 @@ static int log_change_locked(struct cow_device *dev, uint64_t b, uint64_t n, uin
 }
 
 /* Sets the state of [first, end) to s and records the changed runs. */
-static int set_state(struct cow_device *dev, uint64_t first, uint64_t end, uint8_t s)
+int cow_set_state(struct cow_device *dev, uint64_t first, uint64_t end, uint8_t s)
 {
 	int r = 0;
 	pthread_mutex_lock(&dev->mu);
@@ -407,17 +433,28 @@ out:
 	return r;
 }
 
-static int do_flush(struct cow_device *dev)
+uint64_t cow_flush_capture(struct cow_device *dev)
 {
-	if (dev->data_fd < 0) return 0; /* read-only image: nothing to make durable */
 	pthread_mutex_lock(&dev->mu);
 	uint64_t target = dev->changes_dropped + dev->change_count;
 	dev->change_merge_floor = dev->change_count;
 	pthread_mutex_unlock(&dev->mu);
-	int r = vfs_fsync(dev->data_fd);
-	if (r) return log_error(r, "flush upper %s: %s", dev->data_path, strerror(-r));
+	return target;
+}
+
+int cow_flush_journal(struct cow_device *dev, uint64_t target)
+{
 	if (dev->map_fd < 0) return 0;
 	return journal_append(dev, target);
+}
+
+int cow_flush(struct cow_device *dev)
+{
+	if (dev->data_fd < 0) return 0; /* read-only image: nothing to make durable */
+	uint64_t target = cow_flush_capture(dev);
+	int r = vfs_fsync(dev->data_fd);
+	if (r) return log_error(r, "flush upper %s: %s", dev->data_path, strerror(-r));
+	return cow_flush_journal(dev, target);
 }
 
 /* ---------------------------------------------------------------- validation -------------- */
@@ -521,7 +558,7 @@ static int write_range(struct cow_device *dev, struct cow_chunk_cache *c, uint64
 		dev->stats.copy_ups += copy_ups;
 		pthread_mutex_unlock(&dev->mu);
 	}
-	return set_state(dev, first, last_end, COW_UPPER_DATA);
+	return cow_set_state(dev, first, last_end, COW_UPPER_DATA);
 }
 
 /* Whole blocks of [off, off+len) become zero state (holes punched); partial ends are zeroed by
@@ -566,18 +603,13 @@ static int zero_range(struct cow_device *dev, struct cow_chunk_cache *c, uint64_
 		if (r) return log_error(r, "punch upper %s: %s", dev->data_path, strerror(-r));
 		b = e;
 	}
-	return set_state(dev, wf, we, COW_UPPER_ZERO);
+	return cow_set_state(dev, wf, we, COW_UPPER_ZERO);
 }
 
-int cow_exec(struct cow_device *dev, struct cow_chunk_cache *c, const struct cow_request *req)
+void cow_count_op(struct cow_device *dev, enum cow_op op)
 {
-	struct cow_range_lock lk;
-	int r = 0;
-	bool modifies = req->op != COW_OP_READ && req->op != COW_OP_FLUSH;
-	if (modifies && !dev->state) return -EROFS;
-
 	pthread_mutex_lock(&dev->mu);
-	switch (req->op) {
+	switch (op) {
 	case COW_OP_READ: dev->stats.reads++; break;
 	case COW_OP_WRITE: dev->stats.writes++; break;
 	case COW_OP_FLUSH: dev->stats.flushes++; break;
@@ -585,36 +617,74 @@ int cow_exec(struct cow_device *dev, struct cow_chunk_cache *c, const struct cow
 	case COW_OP_WRITE_ZEROES: dev->stats.write_zeroes++; break;
 	}
 	pthread_mutex_unlock(&dev->mu);
+}
 
-	if (req->op == COW_OP_FLUSH) return do_flush(dev);
-	if (req->length_bytes == 0) return (req->flags & COW_FUA) ? do_flush(dev) : 0;
+bool cow_req_modifies(const struct cow_request *req)
+{
+	return req->op != COW_OP_READ && req->op != COW_OP_FLUSH;
+}
 
-	uint64_t first = req->offset_bytes / COW_BLOCK_SIZE;
-	uint64_t end = DIV_ROUND_UP(req->offset_bytes + req->length_bytes, COW_BLOCK_SIZE);
-	cow_range_acquire(dev, &lk, first, end, modifies);
+void cow_req_blocks(const struct cow_request *req, uint64_t *first, uint64_t *end)
+{
+	*first = req->offset_bytes / COW_BLOCK_SIZE;
+	*end = DIV_ROUND_UP(req->offset_bytes + req->length_bytes, COW_BLOCK_SIZE);
+}
+
+int cow_exec_locked(struct cow_device *dev, struct cow_chunk_cache *c, const struct cow_request *req)
+{
 	switch (req->op) {
 	case COW_OP_READ:
-		r = exec_read(dev, c, req);
-		break;
+		return exec_read(dev, c, req);
 	case COW_OP_WRITE: {
 		struct iovc cur = { .iov = req->iov, .n = req->iov_count };
-		r = write_range(dev, c, req->offset_bytes, req->length_bytes, &cur);
-		break;
+		return write_range(dev, c, req->offset_bytes, req->length_bytes, &cur);
 	}
 	case COW_OP_WRITE_ZEROES:
 		if (req->flags & COW_NO_HOLE) {
 			struct iovc zero = { 0 };
-			r = write_range(dev, c, req->offset_bytes, req->length_bytes, &zero);
-			break;
+			return write_range(dev, c, req->offset_bytes, req->length_bytes, &zero);
 		}
 		/* fall through */
 	case COW_OP_DISCARD:
-		r = zero_range(dev, c, req->offset_bytes, req->length_bytes);
-		break;
+		return zero_range(dev, c, req->offset_bytes, req->length_bytes);
 	default:
-		r = -EINVAL;
+		return -EINVAL;
 	}
+}
+
+int cow_exec(struct cow_device *dev, struct cow_chunk_cache *c, const struct cow_request *req)
+{
+	struct cow_range_lock lk;
+	int r;
+	bool modifies = cow_req_modifies(req);
+	if (modifies && !dev->state) return -EROFS;
+	cow_count_op(dev, req->op);
+	if (req->op == COW_OP_FLUSH) return cow_flush(dev);
+	if (req->length_bytes == 0) return (req->flags & COW_FUA) ? cow_flush(dev) : 0;
+	uint64_t first, end;
+	cow_req_blocks(req, &first, &end);
+	cow_range_acquire(dev, &lk, first, end, modifies);
+	r = cow_exec_locked(dev, c, req);
 	cow_range_release(dev, &lk);
-	if (!r && modifies && (req->flags & COW_FUA)) r = do_flush(dev);
+	if (!r && modifies && (req->flags & COW_FUA)) r = cow_flush(dev);
 	return r;
+}
+
+bool cow_upper_direct(const struct cow_device *dev, const struct cow_request *req)
+{
+	if (!dev->state || req->length_bytes == 0) return false;
+	uint64_t first, end;
+	cow_req_blocks(req, &first, &end);
+	if (req->op == COW_OP_READ) {
+		for (uint64_t b = first; b < end; b++)
+			if (dev->state[b] != COW_UPPER_DATA) return false;
+		return true;
+	}
+	if (req->op == COW_OP_WRITE) {
+		if (req->offset_bytes % COW_BLOCK_SIZE && dev->state[first] != COW_UPPER_DATA) return false;
+		if ((req->offset_bytes + req->length_bytes) % COW_BLOCK_SIZE && dev->state[end - 1] != COW_UPPER_DATA)
+			return false;
+		return true;
+	}
+	return false;
 }

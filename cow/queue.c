@@ -1,14 +1,26 @@
 /* Asynchronous request queues.
  *
- * A queue owns a preallocated pool of `depth` request slots, a chunk cache and an eventfd.
- * cow_queue_submit validates a request, takes a slot (-EAGAIN when all are busy), executes it
- * (cow_exec: range-locked against every other request of the device, so overlapping requests
- * from any queue or thread take effect in some serial order) and queues its completion;
- * cow_queue_poll runs completion callbacks on the caller's thread.  The eventfd is signalled
- * whenever a completion is queued.
- * Invariants: in_flight == submitted - callbacks run; a request's effect is visible before its
- * completion is queued; nothing is allocated per request. */
+ * A queue owns one io_uring, a preallocated pool of `depth` request contexts, a chunk cache and
+ * an eventfd (registered with the ring, and written for completions made without the ring).
+ *
+ * Life of a request: submit validates it, takes a context (-EAGAIN when none is free) and asks
+ * for the device-wide range lock (cow_range_try_acquire).  If an earlier conflicting request of
+ * any queue holds or awaits the range, the context is parked; the releasing thread grants it and
+ * moves it to this queue's ready list (mutex) and signals the eventfd, and poll starts it.  A
+ * started request either
+ *   - goes to the ring: one readv/writev on upper.data when it touches only the upper (reads of
+ *     upper blocks, overwrites, whole-block writes: cow_upper_direct), or an fsync for FLUSH;
+ *     the CQE finishes it (state change for writes, then FUA's fsync + journal), or
+ *   - runs synchronously at start (reads through the chain, first partial writes with their
+ *     one-block copy-up, discard, write-zeroes) with the same code as the synchronous API.
+ * Then the range is released (granting parked requests) and the completion queued; callbacks run
+ * only in cow_queue_poll.  When vfs_is_posix() is false (crash tests) nothing uses the ring: every
+ * request runs synchronously through common/vfs.h.
+ * Invariants: in_flight == contexts not free; a request's effect (data and state) is complete
+ * before its range is released and before its completion is queued; nothing is allocated per
+ * request. */
 #include <errno.h>
+#include <liburing.h>
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,22 +28,44 @@
 #include <unistd.h>
 
 #include "common/log.h"
+#include "common/vfs.h"
 #include "cow/cow_internal.h"
 
-struct cow_queue_slot {
+enum ctx_stage { STAGE_IDLE, STAGE_PARKED, STAGE_IO, STAGE_FSYNC, STAGE_DONE };
+
+struct cow_ctx {
+	struct cow_queue *q;
 	struct cow_request *req;
+	struct cow_range_lock lk;
+	enum ctx_stage stage;
+	bool locked;
 	int result;
+	uint64_t flush_target;
+	struct cow_ctx *next; /* free list, ready list or done list */
 };
 
 struct cow_queue {
 	struct cow_device *dev;
 	unsigned depth;
 	unsigned in_flight;
-	struct cow_queue_slot *slots;  /* completion ring of depth entries */
-	unsigned head, count;          /* completions waiting for poll */
+	bool use_ring;
+	struct io_uring ring;
+	bool ring_ok;
+	struct cow_ctx *ctxs;
+	struct cow_ctx *free_list;
+	struct cow_ctx *done_head, *done_tail;    /* completions waiting for poll */
+	pthread_mutex_t ready_mu;
+	struct cow_ctx *ready_head, *ready_tail;  /* granted by another thread, to start */
 	int event_fd;
 	struct cow_chunk_cache cache;
 };
+
+static void signal_event(struct cow_queue *q)
+{
+	uint64_t one = 1;
+	ssize_t k = write(q->event_fd, &one, sizeof one);
+	(void)k; /* EAGAIN only when the counter is saturated: it is readable then anyway */
+}
 
 int cow_queue_create(struct cow_device *dev, unsigned depth, struct cow_queue **out)
 {
@@ -42,20 +76,44 @@ int cow_queue_create(struct cow_device *dev, unsigned depth, struct cow_queue **
 	q->dev = dev;
 	q->depth = depth;
 	q->event_fd = -1;
-	q->slots = calloc(depth, sizeof *q->slots);
+	pthread_mutex_init(&q->ready_mu, NULL);
+	q->ctxs = calloc(depth, sizeof *q->ctxs);
 	int r = -ENOMEM;
-	if (!q->slots) goto fail;
+	if (!q->ctxs) goto fail;
+	for (unsigned i = 0; i < depth; i++) {
+		q->ctxs[i].q = q;
+		q->ctxs[i].next = q->free_list;
+		q->free_list = &q->ctxs[i];
+	}
 	if ((r = cow_chunk_cache_init(&q->cache))) goto fail;
 	q->event_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	if (q->event_fd < 0) {
 		r = log_error(-errno, "create queue: eventfd: %s", strerror(errno));
 		goto fail;
 	}
+	/* the ring is only for devices with an upper, and only over real files */
+	q->use_ring = vfs_is_posix() && !cow_device_is_readonly(dev);
+	if (q->use_ring) {
+		r = io_uring_queue_init(depth < 8 ? 8 : depth, &q->ring, 0);
+		if (r < 0) {
+			r = log_error(r, "create queue: io_uring: %s", strerror(-r));
+			goto fail;
+		}
+		q->ring_ok = true;
+		r = io_uring_register_eventfd(&q->ring, q->event_fd);
+		if (r < 0) {
+			r = log_error(r, "create queue: register eventfd: %s", strerror(-r));
+			goto fail;
+		}
+	}
 	*out = q;
 	return 0;
 fail:
-	free(q->slots);
+	if (q->ring_ok) io_uring_queue_exit(&q->ring);
+	if (q->event_fd >= 0) close(q->event_fd);
+	free(q->ctxs);
 	cow_chunk_cache_free(&q->cache);
+	pthread_mutex_destroy(&q->ready_mu);
 	free(q);
 	return r == -ENOMEM ? log_error(r, "create queue: out of memory") : r;
 }
@@ -63,56 +121,242 @@ fail:
 void cow_queue_destroy(struct cow_queue *q)
 {
 	if (!q) return;
-	while (q->in_flight) {
+	while (q->in_flight)
 		if (cow_queue_poll(q, 1) < 0) break;
-	}
+	if (q->ring_ok) io_uring_queue_exit(&q->ring);
 	if (q->event_fd >= 0) close(q->event_fd);
 	cow_chunk_cache_free(&q->cache);
-	free(q->slots);
+	pthread_mutex_destroy(&q->ready_mu);
+	free(q->ctxs);
 	free(q);
 }
 
-static void signal_event(struct cow_queue *q)
+static void push_done(struct cow_ctx *c, int result)
 {
-	uint64_t one = 1;
-	ssize_t k = write(q->event_fd, &one, sizeof one);
-	(void)k; /* EAGAIN only when the counter is saturated: it is readable then anyway */
+	struct cow_queue *q = c->q;
+	c->result = result;
+	c->stage = STAGE_DONE;
+	c->next = NULL;
+	if (q->done_tail) q->done_tail->next = c;
+	else q->done_head = c;
+	q->done_tail = c;
+}
+
+static void release_range(struct cow_ctx *c)
+{
+	if (c->locked) {
+		cow_range_release(c->q->dev, &c->lk);
+		c->locked = false;
+	}
+}
+
+/* Called under dev->mu by whichever thread released the range that blocked c. */
+static void wake_parked(struct cow_range_lock *lk)
+{
+	struct cow_ctx *c = (struct cow_ctx *)((char *)lk - offsetof(struct cow_ctx, lk));
+	struct cow_queue *q = c->q;
+	pthread_mutex_lock(&q->ready_mu);
+	c->next = NULL;
+	if (q->ready_tail) q->ready_tail->next = c;
+	else q->ready_head = c;
+	q->ready_tail = c;
+	pthread_mutex_unlock(&q->ready_mu);
+	signal_event(q);
+}
+
+static struct io_uring_sqe *get_sqe(struct cow_queue *q)
+{
+	struct io_uring_sqe *sqe = io_uring_get_sqe(&q->ring);
+	if (!sqe) {
+		io_uring_submit(&q->ring);
+		sqe = io_uring_get_sqe(&q->ring);
+	}
+	return sqe;
+}
+
+static void start_fsync(struct cow_ctx *c)
+{
+	struct cow_queue *q = c->q;
+	c->flush_target = cow_flush_capture(q->dev);
+	struct io_uring_sqe *sqe = get_sqe(q);
+	if (!sqe) {
+		/* cannot happen with one SQE per context, but never lose a flush */
+		int r = vfs_fsync(q->dev->data_fd);
+		if (!r) r = cow_flush_journal(q->dev, c->flush_target);
+		push_done(c, r);
+		return;
+	}
+	io_uring_prep_fsync(sqe, q->dev->data_fd, 0);
+	io_uring_sqe_set_data(sqe, c);
+	c->stage = STAGE_FSYNC;
+	io_uring_submit(&q->ring);
+}
+
+/* Runs a request whose range lock is held (or that needs none). */
+static void start(struct cow_ctx *c)
+{
+	struct cow_queue *q = c->q;
+	struct cow_device *dev = q->dev;
+	struct cow_request *req = c->req;
+	int r;
+
+	if (req->op == COW_OP_FLUSH && q->use_ring) {
+		start_fsync(c);
+		return;
+	}
+	if (q->use_ring && c->locked && cow_upper_direct(dev, req)) {
+		struct io_uring_sqe *sqe = get_sqe(q);
+		if (sqe) {
+			if (req->op == COW_OP_READ)
+				io_uring_prep_readv(sqe, dev->data_fd, req->iov, req->iov_count, req->offset_bytes);
+			else
+				io_uring_prep_writev(sqe, dev->data_fd, req->iov, req->iov_count, req->offset_bytes);
+			io_uring_sqe_set_data(sqe, c);
+			c->stage = STAGE_IO;
+			io_uring_submit(&q->ring);
+			return;
+		}
+	}
+	/* synchronous path */
+	if (req->op == COW_OP_FLUSH || req->length_bytes == 0) {
+		
+		r = (req->op == COW_OP_FLUSH || (req->flags & COW_FUA)) ? cow_flush(dev) : 0;
+		push_done(c, r);
+		return;
+	}
+	r = cow_exec_locked(dev, &q->cache, req);
+	release_range(c);
+	if (!r && cow_req_modifies(req) && (req->flags & COW_FUA)) {
+		if (q->use_ring) {
+			start_fsync(c);
+			return;
+		}
+		r = cow_flush(dev);
+	}
+	push_done(c, r);
+}
+
+/* A CQE for c. */
+static void on_cqe(struct cow_ctx *c, int res)
+{
+	struct cow_queue *q = c->q;
+	struct cow_device *dev = q->dev;
+	struct cow_request *req = c->req;
+	if (c->stage == STAGE_FSYNC) {
+		int r = res < 0 ? log_error(res, "flush upper %s: %s", dev->data_path, strerror(-res)) : 0;
+		if (!r) r = cow_flush_journal(dev, c->flush_target);
+		push_done(c, r);
+		return;
+	}
+	/* STAGE_IO */
+	int r = 0;
+	if (res < 0) {
+		r = log_error(res, "%s upper %s at %llu: %s", req->op == COW_OP_READ ? "read" : "write", dev->data_path,
+			      (unsigned long long)req->offset_bytes, strerror(-res));
+	} else if ((uint64_t)res != req->length_bytes) {
+		/* short transfer: redo the whole request synchronously (idempotent) */
+		r = cow_exec_locked(dev, &q->cache, req);
+	} else if (req->op == COW_OP_WRITE) {
+		uint64_t first, end;
+		cow_req_blocks(req, &first, &end);
+		r = cow_set_state(dev, first, end, COW_UPPER_DATA);
+	}
+	release_range(c);
+	if (!r && req->op == COW_OP_WRITE && (req->flags & COW_FUA)) {
+		start_fsync(c);
+		return;
+	}
+	push_done(c, r);
 }
 
 int cow_queue_submit(struct cow_queue *q, struct cow_request *req)
 {
 	int r = cow_validate(q->dev, req);
 	if (r) return r;
-	if (req->op != COW_OP_READ && req->op != COW_OP_FLUSH && cow_device_is_readonly(q->dev)) return -EROFS;
-	if (q->in_flight >= q->depth) return -EAGAIN;
+	if (cow_req_modifies(req) && cow_device_is_readonly(q->dev)) return -EROFS;
+	if (!q->free_list) return -EAGAIN;
+	struct cow_ctx *c = q->free_list;
+	q->free_list = c->next;
+	c->next = NULL;
+	c->req = req;
+	c->result = 0;
+	c->locked = false;
+	req->internal = c;
 	q->in_flight++;
-	r = cow_exec(q->dev, &q->cache, req);
-	unsigned pos = (q->head + q->count) % q->depth;
-	q->slots[pos].req = req;
-	q->slots[pos].result = r;
-	q->count++;
-	signal_event(q);
+	cow_count_op(q->dev, req->op);
+	if (req->op == COW_OP_FLUSH || req->length_bytes == 0) {
+		start(c);
+	} else {
+		uint64_t first, end;
+		cow_req_blocks(req, &first, &end);
+		c->stage = STAGE_PARKED;
+		c->locked = true; /* held once granted; release_range undoes both */
+		if (cow_range_try_acquire(q->dev, &c->lk, first, end, cow_req_modifies(req), wake_parked)) start(c);
+	}
+	if (q->done_head) signal_event(q);
 	return 0;
+}
+
+/* One pass: CQEs, granted requests, then callbacks.  Returns callbacks run. */
+static int poll_once(struct cow_queue *q)
+{
+	uint64_t v;
+	ssize_t k = read(q->event_fd, &v, sizeof v);
+	(void)k;
+	if (q->ring_ok) {
+		struct io_uring_cqe *cqe;
+		while (io_uring_peek_cqe(&q->ring, &cqe) == 0) {
+			struct cow_ctx *c = io_uring_cqe_get_data(cqe);
+			int res = cqe->res;
+			io_uring_cqe_seen(&q->ring, cqe);
+			on_cqe(c, res);
+		}
+	}
+	for (;;) {
+		pthread_mutex_lock(&q->ready_mu);
+		struct cow_ctx *c = q->ready_head;
+		if (c) {
+			q->ready_head = c->next;
+			if (!q->ready_head) q->ready_tail = NULL;
+		}
+		pthread_mutex_unlock(&q->ready_mu);
+		if (!c) break;
+		start(c);
+	}
+	int ran = 0;
+	struct cow_ctx *list = q->done_head;
+	q->done_head = q->done_tail = NULL;
+	while (list) {
+		struct cow_ctx *c = list;
+		list = c->next;
+		struct cow_request *req = c->req;
+		int result = c->result;
+		c->stage = STAGE_IDLE;
+		c->req = NULL;
+		c->next = q->free_list;
+		q->free_list = c;
+		q->in_flight--;
+		req->internal = NULL;
+		ran++;
+		/* the callback may submit again: the context is already free */
+		req->complete(req, result);
+	}
+	return ran;
 }
 
 int cow_queue_poll(struct cow_queue *q, unsigned min_complete)
 {
 	int ran = 0;
-	uint64_t v;
-	ssize_t k = read(q->event_fd, &v, sizeof v);
-	(void)k;
-	unsigned n = q->count;
-	while (n--) {
-		struct cow_queue_slot s = q->slots[q->head];
-		q->head = (q->head + 1) % q->depth;
-		q->count--;
-		q->in_flight--;
-		ran++;
-		/* the callback may submit again: the slot is already free */
-		s.req->complete(s.req, s.result);
+	for (;;) {
+		int n = poll_once(q);
+		ran += n;
+		if ((unsigned)ran >= min_complete || q->in_flight == 0) break;
+		if (q->done_head) continue;
+		struct pollfd pfd = { .fd = q->event_fd, .events = POLLIN };
+		int p = poll(&pfd, 1, -1);
+		if (p < 0 && errno != EINTR) return log_error(-errno, "poll queue: %s", strerror(errno));
 	}
-	if (q->count) signal_event(q); /* callbacks submitted more */
-	(void)min_complete; /* every request completes inside submit: nothing to wait for */
+	if (q->done_head) signal_event(q); /* callbacks submitted more */
 	return ran;
 }
 
