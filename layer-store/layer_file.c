@@ -313,6 +313,60 @@ out:
 	return r;
 }
 
+int layer_remote_index_range(const void *header, uint64_t file_size, uint64_t *index_offset, uint64_t *index_length)
+{
+	struct layer *l = calloc(1, sizeof *l);
+	uint64_t checksum;
+	int r;
+	if (!l) return -ENOMEM;
+	l->fd = -1;
+	snprintf(l->name, sizeof l->name, "(remote)");
+	r = file_size < LF_HEADER_BYTES ? bad(l->name, "file shorter than the header")
+					: parse_header(l, header, file_size, index_offset, index_length, &checksum);
+	layer_close(l);
+	return r;
+}
+
+int layer_open_remote(const void *header, const void *index, uint64_t file_size, const char *digest_or_null,
+		      struct layer **out)
+{
+	struct layer *l;
+	uint64_t index_offset = 0, index_length = 0, index_checksum = 0;
+	int r;
+
+	*out = NULL;
+	if (digest_or_null && sha256_parse_digest(digest_or_null, NULL))
+		return log_error(-EINVAL, "open remote layer: bad digest \"%s\"", digest_or_null);
+	l = calloc(1, sizeof *l);
+	if (!l) return -ENOMEM;
+	l->fd = -1;
+	if (digest_or_null) snprintf(l->info.digest, sizeof l->info.digest, "%s", digest_or_null);
+	snprintf(l->name, sizeof l->name, "%s", digest_or_null ? digest_or_null : "(remote)");
+	if (file_size < LF_HEADER_BYTES) {
+		r = bad(l->name, "file shorter than the header");
+		goto out;
+	}
+	r = parse_header(l, header, file_size, &index_offset, &index_length, &index_checksum);
+	if (r) goto out;
+	if (XXH3_64bits(index, index_length) != index_checksum) {
+		r = bad(l->name, "index checksum mismatch");
+		goto out;
+	}
+	l->extents = calloc(l->info.extent_count ? l->info.extent_count : 1, sizeof *l->extents);
+	l->checksums = calloc(l->info.extent_count ? l->info.extent_count : 1, sizeof *l->checksums);
+	if (!l->extents || !l->checksums) {
+		r = log_error(-ENOMEM, "open layer %s: no memory", l->name);
+		goto out;
+	}
+	r = parse_index(l, index);
+	if (r) goto out;
+	*out = l;
+	l = NULL;
+out:
+	if (l) layer_close(l);
+	return r;
+}
+
 int layer_open(struct layer_store *store, const char *digest, bool verify_digest, struct layer **out)
 {
 	char path[OCIBLK_PATH_MAX];
@@ -382,6 +436,7 @@ int layer_read_extent(struct layer *l, uint64_t i, void *out)
 	if (i >= l->info.extent_count || l->extents[i].kind != LAYER_EXTENT_DATA)
 		return log_error(-EINVAL, "read layer %s: extent %llu is not a data extent", l->name, (unsigned long long)i);
 	x = &l->extents[i];
+	if (l->fd < 0) return log_error(-EBADF, "read layer %s: no file (opened from remote buffers)", l->name);
 	buf = out;
 	if (x->compressed) {
 		t = tls_get();

@@ -100,6 +100,16 @@ int layer_open(struct layer_store *store, const char *digest, bool verify_digest
 /* Opens a layer file by path, outside any store (fsck of a loose file, tests, fuzzing). */
 int layer_open_path(const char *path, const char *digest_or_null, bool verify_digest, struct layer **out);
 void layer_close(struct layer *layer);
+/* For a reader of a remote copy (HTTP range requests): validates the header (the file's first
+ * 4096 bytes, file_size from e.g. the registry's blob size) and says where the index is. */
+int layer_remote_index_range(const void *header, uint64_t file_size, uint64_t *index_offset, uint64_t *index_length);
+/* Opens a layer from its header and its index (index_length bytes fetched at index_offset), with
+ * the same validation as layer_open.  No file: layer_get_fd is -1 and layer_read_extent is
+ * -EBADF; fetch a chunk's stored_bytes at offset_bytes and give it to layer_decode_extent, which
+ * verifies it.  digest_or_null names the layer in log lines and info (not verified here: hash the
+ * whole file when it has been fetched). */
+int layer_open_remote(const void *header, const void *index, uint64_t file_size, const char *digest_or_null,
+		      struct layer **out);
 
 const struct layer_info *layer_get_info(const struct layer *layer);
 /* The index, sorted by block_index, non-overlapping; valid while the layer is open. */

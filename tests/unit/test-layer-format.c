@@ -226,6 +226,69 @@ static void threaded_decode(struct layer_store *s, uint64_t *rng)
 	free(data);
 }
 
+/* A reader of a remote copy: header, then index, then single chunks by (offset, length), as
+ * HTTP range requests would fetch them; compared with the local reader. */
+static uint64_t fetched;
+static void fetch(int fd, void *buf, size_t len, uint64_t off)
+{
+	if (pread(fd, buf, len, (off_t)off) != (ssize_t)len) memset(buf, 0, len);
+	fetched += len;
+}
+
+static void remote_read(struct layer_store *s, const char *digest)
+{
+	struct layer *local = NULL, *remote = NULL;
+	uint8_t header[BS], *index = NULL, *stored = malloc((size_t)LAYER_CHUNK_BLOCKS_MAX * BS);
+	uint8_t *a = malloc((size_t)LAYER_CHUNK_BLOCKS_MAX * BS), *b = malloc((size_t)LAYER_CHUNK_BLOCKS_MAX * BS);
+	uint64_t io = 0, il = 0, n, same = 0, data = 0;
+	if (layer_open(s, digest, false, &local)) {
+		TAP_OK(0, "remote: open local");
+		return;
+	}
+	int fd = layer_get_fd(local);
+	uint64_t size = layer_get_info(local)->file_size_bytes;
+	fetched = 0;
+	fetch(fd, header, BS, 0);
+	TAP_IS(layer_remote_index_range(header, size, &io, &il), 0, "remote: header gives the index range");
+	index = malloc(il ? il : 1);
+	fetch(fd, index, il, io);
+	TAP_IS(layer_open_remote(header, index, size, digest, &remote), 0, "remote: open from header and index buffers");
+	if (remote) {
+		const struct layer_extent *x = layer_get_extents(remote, &n);
+		uint64_t first = fetched;
+		TAP_IS(first, BS + il, "remote: opening fetched only the header and the index (%llu bytes of %llu)",
+		       (unsigned long long)first, (unsigned long long)size);
+		for (uint64_t i = 0; i < n; i++) {
+			if (x[i].kind != LAYER_EXTENT_DATA) continue;
+			data++;
+			fetch(fd, stored, x[i].stored_bytes, x[i].offset_bytes);
+			if (!layer_decode_extent(remote, i, stored, a) && !layer_read_extent(local, i, b) &&
+			    !memcmp(a, b, (size_t)x[i].block_count * BS))
+				same++;
+		}
+		TAP_OK(data > 0 && same == data, "remote: every chunk fetched alone decodes to the local data (%llu)", (unsigned long long)data);
+		log_set_quiet(1);
+		TAP_IS(layer_read_extent(remote, 0, a), -EBADF, "remote: read_extent without a file is -EBADF");
+		layer_close(remote);
+		remote = NULL;
+		index[il / 2] ^= 1;
+		TAP_IS(layer_open_remote(header, index, size, digest, &remote), -EIO, "remote: a flipped index bit is -EIO");
+		index[il / 2] ^= 1;
+		header[30] ^= 1;
+		TAP_IS(layer_remote_index_range(header, size, &io, &il), -EIO, "remote: a flipped header bit is -EIO");
+		TAP_IS(layer_open_remote(header, index, size, digest, &remote), -EIO, "remote: open with a flipped header bit is -EIO");
+		header[30] ^= 1;
+		TAP_IS(layer_remote_index_range(header, size + 1, &io, &il), -EIO, "remote: a wrong file size is -EIO");
+		log_set_quiet(0);
+	}
+	layer_close(remote);
+	layer_close(local);
+	free(index);
+	free(stored);
+	free(a);
+	free(b);
+}
+
 static int count_layers_fn(const char *d, void *opaque)
 {
 	(void)d;
@@ -306,6 +369,19 @@ int main(void)
 	TAP_IS(layer_store_layer_foreach(s, count_layers_fn, &nlayers), 0, "foreach layers");
 	TAP_IS(nlayers, 7, "7 distinct layers in the store");
 	threaded_decode(s, &rng);
+	{
+		/* a layer of several compressed and raw chunks for the remote reader */
+		struct model m;
+		struct layer_writer_options ro = { .virtual_size_bytes = 300 * BS, .zstd_level = 3 };
+		model_init(&m, 300);
+		for (uint64_t b = 0; b < 300; b++) {
+			m.state[b] = b % 7 == 3 ? 0 : 1;
+			fill_block(m.data + b * BS, &rng, (int)(b / 20) % 2);
+		}
+		if (!write_model(s, &m, &ro, &rng, digest)) remote_read(s, digest);
+		else TAP_OK(0, "remote: write layer");
+		model_free(&m);
+	}
 	layer_store_close(s);
 	return tap_done();
 }
