@@ -63,6 +63,16 @@
 #define IMAGE_IMPORT_SYMLINK_HOPS_MAX 8u
 /* Smallest device an image can be imported to (ext4 with a journal needs a few MiB). */
 #define IMAGE_IMPORT_SIZE_MIN_BYTES (64ull << 20)
+/* A tar entry's path and a hard link's target: Linux's PATH_MAX. */
+#define IMAGE_IMPORT_PATH_BYTES_MAX 4096u
+/* A symlink target: ext4 keeps it in one 4 KiB block with its NUL. */
+#define IMAGE_IMPORT_SYMLINK_BYTES_MAX 4095u
+/* xattrs of one entry, and one value: everything must fit the inode plus one 4 KiB xattr block
+ * (no ea_inode feature), so larger values could never be stored anyway. */
+#define IMAGE_IMPORT_XATTRS_PER_ENTRY_MAX 256u
+#define IMAGE_IMPORT_XATTR_VALUE_BYTES_MAX 4000u
+/* A regular file: ext4's limit with 4 KiB blocks (2^32 blocks). */
+#define IMAGE_IMPORT_FILE_BYTES_MAX ((16ull << 40) - 4096)
 
 /* ---- nbd ---- */
 
