@@ -175,7 +175,39 @@ static int sweep_dir(const char *dir, int (*keep)(const char *), unsigned min_ag
 }
 
 static int any_entry(const char *n) { (void)n; return 1; }
-static int atomic_tmp_entry(const char *n) { return strstr(n, ".tmp.") != NULL; }
+/* A temp of vfs_write_file_atomic: "<file>.tmp.<pid>.<n>".  Records end in ".json" (images) or
+ * are 64 hex digits (chains), so a record whose name merely contains ".tmp." never matches. */
+static int atomic_tmp_entry(const char *n)
+{
+	size_t l = strlen(n), i = l;
+	int groups = 0;
+	if ((l > 5 && !strcmp(n + l - 5, ".json")) || ls_is_hex64(n)) return 0;
+	while (groups < 2) {
+		size_t end = i;
+		while (i > 0 && n[i - 1] >= '0' && n[i - 1] <= '9') i--;
+		if (i == end || i == 0 || n[i - 1] != '.') return 0;
+		i--;
+		groups++;
+	}
+	return i >= 4 && !strncmp(n + i - 4, ".tmp", 4);
+}
+
+static int config_tmp_entry(const char *n) { return !strncmp(n, "config.json.tmp.", 16) && atomic_tmp_entry(n); }
+
+struct sweep_ctx {
+	struct layer_store *store;
+	unsigned min_age;
+	uint64_t *removed;
+};
+
+/* Temps of interrupted container record writes (cow/'s own files are never touched). */
+static int sweep_container(const char *name, void *opaque)
+{
+	struct sweep_ctx *c = opaque;
+	char dir[OCIBLK_PATH_MAX];
+	if (!layer_store_container_dir(c->store, name, dir, sizeof dir)) sweep_dir(dir, config_tmp_entry, c->min_age, c->removed);
+	return 0;
+}
 
 int layer_store_gc(struct layer_store *s, unsigned min_tmp_age_seconds, struct layer_store_gc_stats *stats)
 {
@@ -244,6 +276,8 @@ int layer_store_gc(struct layer_store *s, unsigned min_tmp_age_seconds, struct l
 	if (!ls_path(s, p, sizeof p, "tmp")) sweep_dir(p, any_entry, min_tmp_age_seconds, &stats->temp_files_removed);
 	if (!ls_path(s, p, sizeof p, "images")) sweep_dir(p, atomic_tmp_entry, min_tmp_age_seconds, &stats->temp_files_removed);
 	if (!ls_path(s, p, sizeof p, "chains")) sweep_dir(p, atomic_tmp_entry, min_tmp_age_seconds, &stats->temp_files_removed);
+	struct sweep_ctx sc = { .store = s, .min_age = min_tmp_age_seconds, .removed = &stats->temp_files_removed };
+	layer_store_container_foreach(s, sweep_container, &sc);
 	r = 0;
 out:
 	layer_store_unlock(s);

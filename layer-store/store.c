@@ -568,10 +568,12 @@ int layer_store_image_remove(struct layer_store *s, const char *name)
 static int is_image_file(const char *n)
 {
 	size_t l = strlen(n);
-	return l > 5 && !strcmp(n + l - 5, ".json") && !strstr(n, ".tmp.");
+	/* the temps of vfs_write_file_atomic end in ".tmp.<pid>.<n>", never in ".json" */
+	return l > 5 && !strcmp(n + l - 5, ".json");
 }
 
-static int is_container_dir(const char *n) { return !strstr(n, ".tmp."); }
+/* Container directories are built in tmp/ and renamed in whole: everything here is one. */
+static int is_container_dir(const char *n) { (void)n; return 1; }
 
 static int foreach_names(struct layer_store *s, const char *sub, int (*keep)(const char *), size_t strip,
 			 int (*fn)(const char *name, void *opaque), void *opaque)

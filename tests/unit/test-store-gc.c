@@ -108,16 +108,31 @@ int main(void)
 	touch_old(p, 0);
 	snprintf(p, sizeof p, "%s/images/x.json.tmp.1.2", root);
 	touch_old(p, 7200);
+	layer_store_container_dir(s, "ctr", p, sizeof p);
+	strcat(p, "/config.json.tmp.7.8");
+	touch_old(p, 7200);
+	/* A real record whose name looks like a temp: never swept. */
+	put_image("odd.tmp.1.2", 1, l1, NULL);
+	snprintf(p, sizeof p, "%s/images/odd.tmp.1.2.json", root);
+	{
+		struct utimbuf t = { .actime = time(NULL) - 7200, .modtime = time(NULL) - 7200 };
+		utime(p, &t);
+	}
 	uint64_t freed = file_size(l3) + file_size(l4);
 
 	TAP_IS(layer_store_gc(s, 3600, &st), 0, "gc");
 	TAP_IS(st.layers_removed, 2, "gc removed 2 layers");
 	TAP_IS(st.bytes_freed, freed, "gc freed their bytes (%llu)", (unsigned long long)freed);
 	TAP_IS(st.chain_records_removed, 1, "gc removed the chain record of a removed layer");
-	TAP_IS(st.temp_files_removed, 2, "gc removed the 2 old temp files");
+	TAP_IS(st.temp_files_removed, 3, "gc removed the 3 old temp files");
 	TAP_OK(layer_store_layer_exists(s, l1) == 1 && layer_store_layer_exists(s, l2) == 1, "referenced layers kept");
 	TAP_OK(layer_store_layer_exists(s, l3) == 0 && layer_store_layer_exists(s, l4) == 0, "unreferenced layers gone");
 	TAP_IS(layer_store_chain_get(s, cid1, got), 0, "chain record of a kept layer kept");
+	{
+		struct image_record odd;
+		TAP_IS(layer_store_image_get(s, "odd.tmp.1.2", &odd), 0, "an old record named like a temp file survives gc");
+		TAP_IS(layer_store_image_remove(s, "odd.tmp.1.2"), 0, "remove it");
+	}
 	log_set_quiet(1);
 	TAP_IS(layer_store_chain_get(s, cid2, got), -ENOENT, "chain record of a removed layer gone");
 	log_set_quiet(0);
