@@ -17,6 +17,7 @@
 #include "image-import/ext4_io.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -518,8 +519,13 @@ int ext4_set_meta(struct ext4_apply *a, ext2_ino_t ino, const struct ext4_meta *
 
 /* ---------------------------------------------------------------- mkfs / open / close ------- */
 
+static pthread_once_t error_table_once = PTHREAD_ONCE_INIT;
+
+static void error_table_init(void) { initialize_ext2_error_table(); }
+
 static struct ext4_apply *apply_new(struct cow_device *dev, const struct ext4_params *params)
 {
+	pthread_once(&error_table_once, error_table_init); /* libext2fs messages for error_message() */
 	struct ext4_apply *a = calloc(1, sizeof(*a));
 	if (!a) return NULL;
 	a->dev = dev;

@@ -43,7 +43,8 @@ struct cow_io {
 	uint32_t *bucket;       /* slot+1, 0 empty */
 	uint32_t used;          /* slots [0, used) have been filled once */
 	uint32_t hand;          /* clock hand for eviction */
-	uint8_t *stage;         /* IO_STAGE_BLOCKS * IO_BLOCK */
+	uint8_t *stage;         /* IO_STAGE_BLOCKS * IO_BLOCK: uncached reads */
+	uint8_t *wb_stage;      /* IO_STAGE_BLOCKS * IO_BLOCK: write-back (may run inside a read) */
 	int first_error;
 	bool drop_dirty;
 	struct ext4_io_stats stats;
@@ -136,8 +137,8 @@ static errcode_t cache_writeback(struct cow_io *io)
 			err = dev_write(io, io->slot_block[order[i]], 1, slot_data(io, order[i]));
 		} else {
 			for (uint32_t k = 0; k < run; k++)
-				memcpy(io->stage + (size_t)k * IO_BLOCK, slot_data(io, order[i + k]), IO_BLOCK);
-			err = dev_write(io, io->slot_block[order[i]], run, io->stage);
+				memcpy(io->wb_stage + (size_t)k * IO_BLOCK, slot_data(io, order[i + k]), IO_BLOCK);
+			err = dev_write(io, io->slot_block[order[i]], run, io->wb_stage);
 		}
 		if (!err)
 			for (uint32_t k = 0; k < run; k++) io->slot_flags[order[i + k]] &= ~SLOT_DIRTY;
@@ -301,8 +302,10 @@ static errcode_t io_open(const char *name, int flags, io_channel *out)
 	io->next = calloc(IO_CACHE_SLOTS, sizeof(*io->next));
 	io->bucket = calloc(IO_CACHE_BUCKETS, sizeof(*io->bucket));
 	io->stage = malloc((size_t)IO_STAGE_BLOCKS * IO_BLOCK);
+	io->wb_stage = malloc((size_t)IO_STAGE_BLOCKS * IO_BLOCK);
 	ch->name = strdup(name ? name : "cow");
-	if (!io->data || !io->slot_block || !io->slot_flags || !io->next || !io->bucket || !io->stage || !ch->name)
+	if (!io->data || !io->slot_block || !io->slot_flags || !io->next || !io->bucket || !io->stage || !io->wb_stage ||
+	    !ch->name)
 		goto nomem;
 	ch->magic = EXT2_ET_MAGIC_IO_CHANNEL;
 	ch->manager = ext4_io_manager;
@@ -319,6 +322,7 @@ nomem:
 		free(io->next);
 		free(io->bucket);
 		free(io->stage);
+		free(io->wb_stage);
 	}
 	if (ch) free(ch->name);
 	free(io);
@@ -339,6 +343,7 @@ static errcode_t io_close(io_channel ch)
 	free(io->next);
 	free(io->bucket);
 	free(io->stage);
+	free(io->wb_stage);
 	free(io);
 	free(ch->name);
 	free(ch);
