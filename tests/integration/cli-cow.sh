@@ -137,7 +137,7 @@ check "fsck clean after gc" "$OCIBLK" fsck
 python3 -c 'import fcntl,sys,time; f=open(sys.argv[1]); fcntl.flock(f, fcntl.LOCK_EX); open(sys.argv[2], "w").close(); time.sleep(60)' \
 	"$OCIBLK_ROOT/containers/c2/lock" "$T/locked" &
 holder=$!
-for _ in $(seq 100); do [ -e "$T/locked" ] && break; sleep 0.1; done
+for _ in $(seq 600); do [ -e "$T/locked" ] && break; sleep 0.1; done
 [ "$("$OCIBLK" ps --json | json '[c["in_use"] for c in d if c["name"]=="c2"][0]')" = True ] && ok "ps shows c2 in use" || notok "ps shows c2 in use"
 status "write into a container in use: exit 1" 1 "$OCIBLK" write c2 0 "$T/small"
 grep -q "in use" "$T/err" && ok "and says it is in use" || notok "and says it is in use"
