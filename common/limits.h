@@ -39,6 +39,12 @@
 #define COW_JOURNAL_BYTES_MAX (64u << 20)
 /* iovec entries per request: the kernel's UIO_MAXIOV. */
 #define COW_IOV_MAX 1024u
+/* State changes waiting for a flush (16 bytes each): past this a device flushes on its own, so a
+ * guest that never flushes cannot grow them without bound. */
+#define COW_PENDING_CHANGES_MAX (1u << 20)
+/* Stored-chunk buffers per queue for reads from layers through io_uring (each as big as the
+ * chain's largest stored chunk, 64 KiB by default): enough to keep a disk busy. */
+#define COW_QUEUE_CHUNK_BUFFERS 16u
 
 /* ---- image-import ---- */
 /* Manifests, indexes and configs: registries cap manifests at 4 MiB; configs with long histories

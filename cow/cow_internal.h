@@ -120,6 +120,18 @@ struct cow_chunk_cache {
 };
 
 int cow_chunk_cache_init(struct cow_chunk_cache *c);
+/* The cached decoded chunk, or NULL. */
+const uint8_t *cow_chunk_lookup(const struct cow_device *dev, struct cow_chunk_cache *c, uint32_t layer,
+				uint64_t extent);
+/* A slot to decode into (invalidated until published). */
+unsigned cow_chunk_claim(struct cow_chunk_cache *c);
+const uint8_t *cow_chunk_publish(const struct cow_device *dev, struct cow_chunk_cache *c, unsigned slot,
+				 uint32_t layer, uint64_t extent);
+/* -EIO (logged) unless extent is a DATA extent of a sane size. */
+int cow_chunk_check_extent(const struct cow_device *dev, uint32_t layer, uint64_t extent);
+/* Looked up, else read synchronously, verified and decoded. */
+int cow_chunk_get(struct cow_device *dev, struct cow_chunk_cache *c, uint32_t layer, uint64_t extent,
+		  const uint8_t **out);
 void cow_chunk_cache_free(struct cow_chunk_cache *c);
 
 /* ---------------------------------------------------------------- device ------------------- */
@@ -166,6 +178,7 @@ struct cow_device {
 	struct cow_chunk_cache sync_cache;
 
 	struct cow_device_stats stats;
+	uint32_t max_stored_bytes; /* largest DATA chunk of the chain as stored (sizes queue buffers) */
 };
 
 /* Executes one validated request synchronously (range lock taken inside). */
@@ -182,6 +195,8 @@ void cow_count_op(struct cow_device *dev, enum cow_op op);
 /* 1 when req (range lock held) is one readv/writev of upper.data: a read of blocks all in the
  * upper, or a write whose partial head/tail blocks are already in the upper (no copy-up). */
 bool cow_upper_direct(const struct cow_device *dev, const struct cow_request *req);
+/* 1 when every block of req's range falls through to the chain (range lock held). */
+bool cow_read_all_lower(const struct cow_device *dev, const struct cow_request *req);
 bool cow_req_modifies(const struct cow_request *req);
 void cow_req_blocks(const struct cow_request *req, uint64_t *first, uint64_t *end);
 /* Sets blocks [first, end) to state s and records the changes for the journal (call after the

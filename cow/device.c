@@ -32,6 +32,11 @@ static int rebuild_index(struct cow_device *dev)
 	if (r) return r;
 	cow_index_free(&dev->index);
 	dev->index = idx;
+	dev->max_stored_bytes = 0;
+	for (uint32_t i = 0; i < dev->layer_count; i++)
+		for (uint64_t k = 0; k < counts[i]; k++)
+			if (ext[i][k].kind == LAYER_EXTENT_DATA && ext[i][k].stored_bytes > dev->max_stored_bytes)
+				dev->max_stored_bytes = ext[i][k].stored_bytes;
 	dev->chain_generation++;
 	dev->stats.index_extents = idx.count;
 	dev->stats.index_bytes = idx.count * sizeof(struct cow_index_entry);

@@ -180,28 +180,61 @@ void cow_chunk_cache_free(struct cow_chunk_cache *c)
 	c->block = NULL;
 }
 
-/* The decoded chunk of extent `extent` of chain layer `layer`. */
-static int chunk_get(struct cow_device *dev, struct cow_chunk_cache *c, uint32_t layer, uint64_t extent,
-		     const uint8_t **out)
+const uint8_t *cow_chunk_lookup(const struct cow_device *dev, struct cow_chunk_cache *c, uint32_t layer,
+				uint64_t extent)
 {
-	unsigned victim = 0;
-	for (unsigned i = 0; i < COW_CHUNK_CACHE_SLOTS; i++) {
+	for (unsigned i = 0; i < COW_CHUNK_CACHE_SLOTS; i++)
 		if (c->slot[i].valid && c->slot[i].layer == layer && c->slot[i].extent == extent &&
 		    c->slot[i].generation == dev->chain_generation) {
 			c->slot[i].stamp = ++c->clock;
-			*out = c->data[i];
-			return 0;
+			return c->data[i];
 		}
-		if (!c->slot[i].valid || c->slot[i].stamp < c->slot[victim].stamp ||
-		    (c->slot[victim].valid && !c->slot[i].valid))
-			victim = i;
-	}
+	return NULL;
+}
+
+unsigned cow_chunk_claim(struct cow_chunk_cache *c)
+{
+	unsigned victim = 0;
+	for (unsigned i = 0; i < COW_CHUNK_CACHE_SLOTS; i++)
+		if (!c->slot[i].valid || (c->slot[victim].valid && c->slot[i].stamp < c->slot[victim].stamp)) victim = i;
+	c->slot[victim].valid = false;
+	return victim;
+}
+
+const uint8_t *cow_chunk_publish(const struct cow_device *dev, struct cow_chunk_cache *c, unsigned slot,
+				 uint32_t layer, uint64_t extent)
+{
+	c->slot[slot].valid = true;
+	c->slot[slot].layer = layer;
+	c->slot[slot].extent = extent;
+	c->slot[slot].generation = dev->chain_generation;
+	c->slot[slot].stamp = ++c->clock;
+	return c->data[slot];
+}
+
+int cow_chunk_check_extent(const struct cow_device *dev, uint32_t layer, uint64_t extent)
+{
 	uint64_t n;
 	const struct layer_extent *ext = layer_get_extents(dev->layers[layer], &n);
-	int r;
-	c->slot[victim].valid = false;
 	if (extent >= n || ext[extent].kind != LAYER_EXTENT_DATA || ext[extent].block_count > LAYER_CHUNK_BLOCKS_MAX)
 		return log_error(-EIO, "read layer %s: bad extent %llu", dev->digests[layer], (unsigned long long)extent);
+	return 0;
+}
+
+/* The decoded chunk of extent `extent` of chain layer `layer` (read synchronously if not cached). */
+int cow_chunk_get(struct cow_device *dev, struct cow_chunk_cache *c, uint32_t layer, uint64_t extent,
+		  const uint8_t **out)
+{
+	const uint8_t *hit = cow_chunk_lookup(dev, c, layer, extent);
+	if (hit) {
+		*out = hit;
+		return 0;
+	}
+	int r = cow_chunk_check_extent(dev, layer, extent);
+	if (r) return r;
+	uint64_t n;
+	const struct layer_extent *ext = layer_get_extents(dev->layers[layer], &n);
+	unsigned victim = cow_chunk_claim(c);
 	if (ext[extent].stored_bytes <= STORED_BYTES) {
 		int fd = layer_get_fd(dev->layers[layer]);
 		size_t len = ext[extent].stored_bytes, done = 0;
@@ -218,12 +251,7 @@ static int chunk_get(struct cow_device *dev, struct cow_chunk_cache *c, uint32_t
 		r = layer_read_extent(dev->layers[layer], extent, c->data[victim]);
 	}
 	if (r) return r;
-	c->slot[victim].valid = true;
-	c->slot[victim].layer = layer;
-	c->slot[victim].extent = extent;
-	c->slot[victim].generation = dev->chain_generation;
-	c->slot[victim].stamp = ++c->clock;
-	*out = c->data[victim];
+	*out = cow_chunk_publish(dev, c, victim, layer, extent);
 	return 0;
 }
 
@@ -249,7 +277,7 @@ static int read_lower(struct cow_device *dev, struct cow_chunk_cache *c, uint64_
 		uint64_t ee = (e->block_index + e->block_count) * COW_BLOCK_SIZE;
 		if (ee < seg_end) seg_end = ee;
 		const uint8_t *chunk = NULL;
-		int r = chunk_get(dev, c, e->layer, e->extent, &chunk);
+		int r = cow_chunk_get(dev, c, e->layer, e->extent, &chunk);
 		if (r) return r;
 		uint64_t n;
 		const struct layer_extent *ext = layer_get_extents(dev->layers[e->layer], &n);
@@ -387,7 +415,11 @@ int cow_set_state(struct cow_device *dev, uint64_t first, uint64_t end, uint8_t 
 		r = log_change_locked(dev, b, e - b, s);
 		b = e;
 	}
+	bool too_many = dev->change_count > COW_PENDING_CHANGES_MAX;
 	pthread_mutex_unlock(&dev->mu);
+	/* A writer that never flushes must not grow the change list without bound: flushing early
+	 * is always allowed. */
+	if (!r && too_many) r = cow_flush(dev);
 	return r;
 }
 
@@ -687,4 +719,14 @@ bool cow_upper_direct(const struct cow_device *dev, const struct cow_request *re
 		return true;
 	}
 	return false;
+}
+
+bool cow_read_all_lower(const struct cow_device *dev, const struct cow_request *req)
+{
+	if (!dev->state) return true;
+	uint64_t first, end;
+	cow_req_blocks(req, &first, &end);
+	for (uint64_t b = first; b < end; b++)
+		if (dev->state[b] != COW_UPPER_FALL) return false;
+	return true;
 }

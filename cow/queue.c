@@ -31,7 +31,7 @@
 #include "common/vfs.h"
 #include "cow/cow_internal.h"
 
-enum ctx_stage { STAGE_IDLE, STAGE_PARKED, STAGE_IO, STAGE_FSYNC, STAGE_DONE };
+enum ctx_stage { STAGE_IDLE, STAGE_PARKED, STAGE_IO, STAGE_FSYNC, STAGE_LOWER, STAGE_LOWER_IO, STAGE_DONE };
 
 struct cow_ctx {
 	struct cow_queue *q;
@@ -41,7 +41,12 @@ struct cow_ctx {
 	bool locked;
 	int result;
 	uint64_t flush_target;
-	struct cow_ctx *next; /* free list, ready list or done list */
+	/* lower read in progress: next device byte to produce, chunk being read into buffer buf */
+	uint64_t pos;
+	int buf;
+	uint32_t io_layer;
+	uint64_t io_extent;
+	struct cow_ctx *next; /* free list, ready list, buffer-wait list or done list */
 };
 
 struct cow_queue {
@@ -58,6 +63,13 @@ struct cow_queue {
 	struct cow_ctx *ready_head, *ready_tail;  /* granted by another thread, to start */
 	int event_fd;
 	struct cow_chunk_cache cache;
+	/* buffers for stored chunks read through the ring */
+	uint8_t *pool;
+	size_t pool_buf_bytes;
+	unsigned pool_n;
+	int *pool_free;
+	unsigned pool_free_n;
+	struct cow_ctx *bufwait_head, *bufwait_tail;
 };
 
 static void signal_event(struct cow_queue *q)
@@ -91,8 +103,17 @@ int cow_queue_create(struct cow_device *dev, unsigned depth, struct cow_queue **
 		r = log_error(-errno, "create queue: eventfd: %s", strerror(errno));
 		goto fail;
 	}
-	/* the ring is only for devices with an upper, and only over real files */
-	q->use_ring = vfs_is_posix() && !cow_device_is_readonly(dev);
+	/* the ring is only used over real files */
+	q->use_ring = vfs_is_posix();
+	if (q->use_ring && dev->max_stored_bytes) {
+		q->pool_n = depth < COW_QUEUE_CHUNK_BUFFERS ? depth : COW_QUEUE_CHUNK_BUFFERS;
+		q->pool_buf_bytes = dev->max_stored_bytes;
+		q->pool = malloc(q->pool_n * q->pool_buf_bytes);
+		q->pool_free = calloc(q->pool_n, sizeof *q->pool_free);
+		r = -ENOMEM;
+		if (!q->pool || !q->pool_free) goto fail;
+		for (unsigned i = 0; i < q->pool_n; i++) q->pool_free[q->pool_free_n++] = (int)i;
+	}
 	if (q->use_ring) {
 		r = io_uring_queue_init(depth < 8 ? 8 : depth, &q->ring, 0);
 		if (r < 0) {
@@ -112,6 +133,8 @@ fail:
 	if (q->ring_ok) io_uring_queue_exit(&q->ring);
 	if (q->event_fd >= 0) close(q->event_fd);
 	free(q->ctxs);
+	free(q->pool);
+	free(q->pool_free);
 	cow_chunk_cache_free(&q->cache);
 	pthread_mutex_destroy(&q->ready_mu);
 	free(q);
@@ -128,6 +151,8 @@ void cow_queue_destroy(struct cow_queue *q)
 	cow_chunk_cache_free(&q->cache);
 	pthread_mutex_destroy(&q->ready_mu);
 	free(q->ctxs);
+	free(q->pool);
+	free(q->pool_free);
 	free(q);
 }
 
@@ -192,6 +217,133 @@ static void start_fsync(struct cow_ctx *c)
 	io_uring_submit(&q->ring);
 }
 
+/* Copies len bytes (NULL: zeros) to byte `at` of the request's iovecs. */
+static void iov_put(const struct cow_request *req, uint64_t at, const uint8_t *src, uint64_t len)
+{
+	for (unsigned i = 0; i < req->iov_count && len; i++) {
+		uint64_t l = req->iov[i].iov_len;
+		if (at >= l) {
+			at -= l;
+			continue;
+		}
+		uint64_t k = l - at < len ? l - at : len;
+		uint8_t *d = (uint8_t *)req->iov[i].iov_base + at;
+		if (src) {
+			memcpy(d, src, k);
+			src += k;
+		} else {
+			memset(d, 0, k);
+		}
+		len -= k;
+		at = 0;
+	}
+}
+
+static void lower_fail(struct cow_ctx *c, int r)
+{
+	release_range(c);
+	push_done(c, r);
+}
+
+/* Produces the read from the chain from c->pos on: zeros and cached chunks are copied at once;
+ * the first chunk not cached is read through the ring (continued by lower_io_done). */
+static void lower_step(struct cow_ctx *c)
+{
+	struct cow_queue *q = c->q;
+	struct cow_device *dev = q->dev;
+	const struct cow_request *req = c->req;
+	uint64_t end = req->offset_bytes + req->length_bytes;
+	c->stage = STAGE_LOWER;
+	while (c->pos < end) {
+		uint64_t k = cow_index_find(&dev->index, c->pos / COW_BLOCK_SIZE);
+		const struct cow_index_entry *e = k < dev->index.count ? &dev->index.entries[k] : NULL;
+		uint64_t es = e ? e->block_index * COW_BLOCK_SIZE : end;
+		if (es > c->pos) {
+			uint64_t seg_end = es < end ? es : end;
+			iov_put(req, c->pos - req->offset_bytes, NULL, seg_end - c->pos);
+			c->pos = seg_end;
+			continue;
+		}
+		uint64_t ee = (e->block_index + e->block_count) * COW_BLOCK_SIZE;
+		uint64_t seg_end = ee < end ? ee : end;
+		const uint8_t *chunk = cow_chunk_lookup(dev, &q->cache, e->layer, e->extent);
+		if (!chunk) {
+			int r = cow_chunk_check_extent(dev, e->layer, e->extent);
+			if (r) return lower_fail(c, r);
+			uint64_t n;
+			const struct layer_extent *x = &layer_get_extents(dev->layers[e->layer], &n)[e->extent];
+			if (x->stored_bytes > q->pool_buf_bytes || !q->pool_n) {
+				r = cow_chunk_get(dev, &q->cache, e->layer, e->extent, &chunk);
+				if (r) return lower_fail(c, r);
+			} else {
+				if (!q->pool_free_n) {
+					/* wait for a buffer: resumed by lower_io_done of another request */
+					c->next = NULL;
+					if (q->bufwait_tail) q->bufwait_tail->next = c;
+					else q->bufwait_head = c;
+					q->bufwait_tail = c;
+					return;
+				}
+				struct io_uring_sqe *sqe = get_sqe(q);
+				if (!sqe) {
+					r = cow_chunk_get(dev, &q->cache, e->layer, e->extent, &chunk);
+					if (r) return lower_fail(c, r);
+				} else {
+					c->buf = q->pool_free[--q->pool_free_n];
+					c->io_layer = e->layer;
+					c->io_extent = e->extent;
+					io_uring_prep_read(sqe, layer_get_fd(dev->layers[e->layer]),
+							   q->pool + (size_t)c->buf * q->pool_buf_bytes, x->stored_bytes,
+							   x->offset_bytes);
+					io_uring_sqe_set_data(sqe, c);
+					c->stage = STAGE_LOWER_IO;
+					io_uring_submit(&q->ring);
+					return;
+				}
+			}
+		}
+		uint64_t n;
+		const struct layer_extent *x = &layer_get_extents(dev->layers[e->layer], &n)[e->extent];
+		iov_put(req, c->pos - req->offset_bytes, chunk + (c->pos - x->block_index * COW_BLOCK_SIZE), seg_end - c->pos);
+		c->pos = seg_end;
+	}
+	release_range(c);
+	push_done(c, 0);
+}
+
+/* The stored chunk arrived: verify + decode into the cache, free the buffer, continue. */
+static void lower_io_done(struct cow_ctx *c, int res)
+{
+	struct cow_queue *q = c->q;
+	struct cow_device *dev = q->dev;
+	uint64_t n;
+	const struct layer_extent *x = &layer_get_extents(dev->layers[c->io_layer], &n)[c->io_extent];
+	int r;
+	if (res < 0)
+		r = log_error(res, "read layer %s extent %llu: %s", dev->digests[c->io_layer],
+			      (unsigned long long)c->io_extent, strerror(-res));
+	else if ((uint64_t)res != x->stored_bytes)
+		r = log_error(-EIO, "read layer %s extent %llu: short file", dev->digests[c->io_layer],
+			      (unsigned long long)c->io_extent);
+	else {
+		unsigned slot = cow_chunk_claim(&q->cache);
+		r = layer_decode_extent(dev->layers[c->io_layer], c->io_extent,
+					q->pool + (size_t)c->buf * q->pool_buf_bytes, q->cache.data[slot]);
+		if (!r) cow_chunk_publish(dev, &q->cache, slot, c->io_layer, c->io_extent);
+	}
+	q->pool_free[q->pool_free_n++] = c->buf;
+	c->buf = -1;
+	if (r) lower_fail(c, r);
+	else lower_step(c);
+	/* a freed buffer lets a waiting request go on */
+	while (q->bufwait_head && q->pool_free_n) {
+		struct cow_ctx *w = q->bufwait_head;
+		q->bufwait_head = w->next;
+		if (!q->bufwait_head) q->bufwait_tail = NULL;
+		lower_step(w);
+	}
+}
+
 /* Runs a request whose range lock is held (or that needs none). */
 static void start(struct cow_ctx *c)
 {
@@ -200,8 +352,13 @@ static void start(struct cow_ctx *c)
 	struct cow_request *req = c->req;
 	int r;
 
-	if (req->op == COW_OP_FLUSH && q->use_ring) {
+	if (req->op == COW_OP_FLUSH && q->use_ring && dev->data_fd >= 0) {
 		start_fsync(c);
+		return;
+	}
+	if (req->op == COW_OP_READ && q->use_ring && c->locked && req->length_bytes && cow_read_all_lower(dev, req)) {
+		c->pos = req->offset_bytes;
+		lower_step(c);
 		return;
 	}
 	if (q->use_ring && c->locked && cow_upper_direct(dev, req)) {
@@ -242,6 +399,10 @@ static void on_cqe(struct cow_ctx *c, int res)
 	struct cow_queue *q = c->q;
 	struct cow_device *dev = q->dev;
 	struct cow_request *req = c->req;
+	if (c->stage == STAGE_LOWER_IO) {
+		lower_io_done(c, res);
+		return;
+	}
 	if (c->stage == STAGE_FSYNC) {
 		int r = res < 0 ? log_error(res, "flush upper %s: %s", dev->data_path, strerror(-res)) : 0;
 		if (!r) r = cow_flush_journal(dev, c->flush_target);
