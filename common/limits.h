@@ -81,6 +81,33 @@
 #define IMAGE_IMPORT_FILE_BYTES_MAX ((16ull << 40) - 4096)
 
 /* ---- nbd ---- */
+/* Largest READ/WRITE we serve (advertised as the maximum block size): what cow/ takes in one
+ * request.  A WRITE header announcing more is a lie we do not read: the connection is closed. */
+#define NBD_REQUEST_BYTES_MAX COW_REQUEST_BYTES_MAX
+/* Requests in flight per connection (its cow_queue depth): enough to keep a disk busy, bounded so
+ * a flood only fills its own connection's slots; further requests wait in the socket (TCP
+ * back-pressure). */
+#define NBD_INFLIGHT_MAX 128u
+/* Buffer bytes in flight per connection: a new request is read only below this, so a client can
+ * pin at most this plus one NBD_REQUEST_BYTES_MAX request of server memory. */
+#define NBD_INFLIGHT_BYTES_MAX (64u << 20)
+/* Option payloads: export names are at most 4096 bytes by the protocol, meta-context queries a
+ * few; anything longer is not a real client and the connection is closed. */
+#define NBD_OPTION_BYTES_MAX (64u << 10)
+/* Options per handshake before we give up on the client. */
+#define NBD_OPTIONS_MAX 4096u
+/* Meta-context queries in one LIST/SET_META_CONTEXT option. */
+#define NBD_META_QUERIES_MAX 64u
+/* Protocol strings (export names, queries) are at most 4096 bytes. */
+#define NBD_STRING_BYTES_MAX 4096u
+/* Block status descriptors in one reply (the client asks again for the rest). */
+#define NBD_BLOCK_STATUS_EXTENTS_MAX 2048u
+/* Connections served at once (one thread each); further ones are closed at once. */
+#define NBD_CONNECTIONS_MAX 256u
+/* A client must finish the handshake within this many seconds, and a reply that cannot be sent
+ * for this long (client not reading) closes the connection. */
+#define NBD_HANDSHAKE_TIMEOUT_SECONDS 60
+#define NBD_SEND_TIMEOUT_SECONDS 60
 
 /* ---- blkback ---- */
 /* Ring of 2^4 pages, as Linux blkback's xen_blkif_max_ring_order: 512 slots for x86_64. */
