@@ -149,11 +149,13 @@ enum nbd_verdict nbd_request_validate(const uint8_t raw[NBD_REQUEST_HEADER_BYTES
 		offered = false;
 		break;
 	}
-	if (!offered || (req->flags & ~allowed)) goto einval;
+	/* Writes to a read-only export are EPERM even though we do not offer TRIM/WRITE_ZEROES
+	 * there: the protocol asks for EPERM on any write or trim to a read-only export. */
 	if (writes && ro) {
 		*error_out = NBD_EPERM;
 		return NBD_VERDICT_ERROR;
 	}
+	if (!offered || (req->flags & ~allowed)) goto einval;
 	if (req->type == NBD_CMD_DISC) return NBD_VERDICT_OK; /* offset/length are ignored: we close anyway */
 	if (req->type == NBD_CMD_FLUSH) {
 		if (req->offset_bytes || req->length_bytes) goto einval;

@@ -927,6 +927,19 @@ static void slot_execute(struct nbd_conn *c, struct nbd_slot *s)
 	}
 }
 
+/* No more input (DISC, EOF, shutdown): a request whose payload was still arriving is dropped
+ * (it was never acknowledged, so nothing is lost that was promised). */
+static void conn_stop_input(struct nbd_conn *c)
+{
+	c->disc = true;
+	if (c->in_slot) {
+		slot_put(c, c->in_slot);
+		c->in_slot = NULL;
+	}
+	c->discard_left = 0;
+	c->hdr_got = 0;
+}
+
 /* A full header arrived in c->hdr. */
 static void conn_header(struct nbd_conn *c)
 {
@@ -950,7 +963,7 @@ static void conn_header(struct nbd_conn *c)
 		return;
 	}
 	if (r.type == NBD_CMD_DISC) {
-		c->disc = true;
+		conn_stop_input(c);
 		return;
 	}
 	struct nbd_slot *s = slot_get(c);
@@ -996,7 +1009,7 @@ static void conn_read_input(struct nbd_conn *c)
 		}
 		ssize_t n = recv(c->fd, dst, want, MSG_DONTWAIT);
 		if (n == 0) {
-			c->disc = true; /* client closed: whatever it half-sent is dropped */
+			conn_stop_input(c); /* client closed: whatever it half-sent is dropped */
 			return;
 		}
 		if (n < 0) {
@@ -1072,7 +1085,7 @@ static void conn_transmission(struct nbd_conn *c)
 		if (p[2].revents & POLLIN) {
 			/* Shutdown: take no new requests, finish those in flight, then close. */
 			stopping = true;
-			c->disc = true;
+			conn_stop_input(c);
 		}
 		if (p[1].revents & POLLIN) {
 			/* poll just said it is readable and only this thread reads it: cannot block */
@@ -1081,7 +1094,7 @@ static void conn_transmission(struct nbd_conn *c)
 		}
 		if (p[0].revents & POLLERR) c->broken = true;
 		else if (p[0].revents & POLLIN) conn_read_input(c);
-		else if (p[0].revents & POLLHUP) c->disc = true;
+		else if (p[0].revents & POLLHUP) conn_stop_input(c);
 	}
 	/* Broken or done: let what is in flight finish (a broken socket gets no more replies and
 	 * follow-up pieces are not submitted). */
