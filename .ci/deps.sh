@@ -5,7 +5,7 @@ pkgs=(
   build-essential pkg-config clang libclang-rt-14-dev
   libarchive-dev libext2fs-dev e2fsprogs libjson-c-dev libssl-dev libzstd-dev liburing-dev
   libxxhash-dev libxen-dev
-  fio nbdkit libnbd-bin qemu-utils umoci skopeo util-linux kmod zstd
+  fio nbdkit libnbd-bin python3-libnbd qemu-utils umoci skopeo util-linux kmod zstd
   python3
 )
 missing=()
