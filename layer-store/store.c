@@ -73,7 +73,9 @@ int ls_name_encode(const char *name, char *out, size_t out_len)
 		if (file_char_ok(*p)) out[o++] = *p;
 		else o += (size_t)snprintf(out + o, 4, "%%%02X", (unsigned char)*p);
 	}
-	if (o > 255) return log_error(-ENAMETOOLONG, "name %s: %zu characters once encoded, above 255", name, o);
+	/* 224 leaves room within NAME_MAX (255) for ".json" and the ".tmp.<pid>.<n>" of an atomic
+	 * write: every name with at most 48 '/' fits. */
+	if (o > 224) return log_error(-ENAMETOOLONG, "name %s: %zu characters once encoded, above 224", name, o);
 	out[o] = 0;
 	return 0;
 }

@@ -65,9 +65,22 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	memcpy(copy, data, size);
 	if (!(mode & 1)) fix_checksums(copy, size);
 	if (ftruncate(fd, 0) || (size && pwrite(fd, copy, size, 0) != (ssize_t)size)) abort();
+	/* The remote reader (header + index buffers) must accept exactly what the file reader accepts. */
+	int remote_ok = 0;
+	if (size >= 4096) {
+		uint64_t io = 0, il = 0;
+		struct layer *rl = NULL;
+		if (layer_remote_index_range(copy, size, &io, &il) == 0) {
+			if (io > size || il > size - io) abort(); /* the range it names is inside the file */
+			remote_ok = layer_open_remote(copy, copy + io, size, NULL, &rl) == 0;
+			layer_close(rl);
+		}
+	}
 	free(copy);
 	snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
-	if (layer_open_path(path, NULL, size < 4096 * 4, &l) == 0) {
+	int file_ok = layer_open_path(path, NULL, size < 4096 * 4, &l) == 0;
+	if (file_ok != remote_ok) abort();
+	if (file_ok) {
 		uint64_t n, prev_end = 0;
 		const struct layer_extent *x = layer_get_extents(l, &n);
 		const struct layer_info *info = layer_get_info(l);

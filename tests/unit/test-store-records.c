@@ -120,6 +120,29 @@ int main(void)
 	bad.extra_json = NULL;
 	TAP_IS(layer_store_image_put(s, &bad), -EINVAL, "image put with a bad name rejected");
 	TAP_IS(layer_store_image_get(s, "nope", &back), -ENOENT, "image get of a missing image is -ENOENT");
+	{
+		/* 80 'a' and 48 '/' (128 characters): 224 bytes once encoded, the most that fits */
+		char deep[130], slashes[130];
+		size_t k = 0;
+		for (int i = 0; i < 49; i++) {
+			deep[k++] = 'a';
+			if (i < 48) deep[k++] = '/';
+		}
+		for (int i = 0; i < 31; i++) deep[k++] = 'b';
+		deep[k] = 0;
+		struct image_record d = img;
+		d.extra_json = NULL;
+		memcpy(d.name, deep, strlen(deep) + 1);
+		TAP_IS(layer_store_image_put(s, &d), 0, "a 128-character name with 48 slashes works");
+		TAP_IS(layer_store_image_get(s, deep, &back), 0, "and reads back");
+		TAP_IS(layer_store_image_remove(s, deep), 0, "and is removed");
+		/* 'a' and 127 slashes: 382 bytes once encoded: refused, documented */
+		slashes[0] = 'a';
+		memset(slashes + 1, '/', 127);
+		slashes[128] = 0;
+		memcpy(d.name, slashes, strlen(slashes) + 1);
+		TAP_IS(layer_store_image_put(s, &d), -ENAMETOOLONG, "a name too long once encoded is -ENAMETOOLONG");
+	}
 	/* A malformed record file is -EIO, not a crash. */
 	snprintf(p, sizeof p, "%s/images/broken.json", root);
 	const char *broken = "{\"version\":1,\"name\":\"broken\",\"layers\":\"x\"}";
