@@ -34,6 +34,8 @@
 #define EXT4_MKFS_MIN_BYTES (16ull << 20)
 #define EXT4_LOST_FOUND_BYTES 16384
 
+static int dc_set_new(struct ext4_apply *a, ext2_ino_t ino);
+
 /* ---------------------------------------------------------------- errors -------------------- */
 
 int ext4_errno(errcode_t err)
@@ -343,6 +345,7 @@ int ext4_mkdir(struct ext4_apply *a, ext2_ino_t parent, const char *name, const 
 	inode_set_single_extent(&in, blk, 1);
 	ext2fs_iblk_set(a->fs, (struct ext2_inode *)&in, 1);
 	r = ext4_write_new_inode(a, ino, &in);
+	if (!r) r = dc_set_new(a, ino);
 	if (r) return r;
 	if (name) {
 		r = ext4_dir_add(a, parent, name, ino, EXT2_FT_DIR);
@@ -354,22 +357,343 @@ int ext4_mkdir(struct ext4_apply *a, ext2_ino_t parent, const char *name, const 
 	return 0;
 }
 
+/* ---------------------------------------------------------------- directory cache ----------- */
+
+static uint64_t hash_ent(uint32_t gen, const char *name, size_t len)
+{
+	return hash_path(name, len) ^ ((uint64_t)gen * 0x9e3779b97f4a7c15ull);
+}
+
+static struct ext4_dcache_dir *dc_dir(struct ext4_dcache *c, ext2_ino_t ino, bool create)
+{
+	if (create && (c->dirs_count + 1) * 2 > c->dirs_cap) {
+		size_t ncap = c->dirs_cap ? c->dirs_cap * 2 : 256;
+		struct ext4_dcache_dir *nd = calloc(ncap, sizeof(*nd));
+		if (!nd) return NULL;
+		for (size_t i = 0; i < c->dirs_cap; i++) {
+			if (!c->dirs[i].ino) continue;
+			size_t j = (c->dirs[i].ino * 0x9e3779b1u) & (ncap - 1);
+			while (nd[j].ino) j = (j + 1) & (ncap - 1);
+			nd[j] = c->dirs[i];
+		}
+		free(c->dirs);
+		c->dirs = nd;
+		c->dirs_cap = ncap;
+	}
+	if (!c->dirs_cap) return NULL;
+	size_t i = (ino * 0x9e3779b1u) & (c->dirs_cap - 1);
+	for (; c->dirs[i].ino; i = (i + 1) & (c->dirs_cap - 1))
+		if (c->dirs[i].ino == ino) return &c->dirs[i];
+	if (!create) return NULL;
+	c->dirs[i].ino = ino;
+	c->dirs[i].gen = 0;
+	c->dirs_count++;
+	return &c->dirs[i];
+}
+
+static struct ext4_dcache_ent *dc_find(struct ext4_dcache *c, uint32_t gen, const char *name, size_t len)
+{
+	if (!c->ents_cap) return NULL;
+	for (size_t i = hash_ent(gen, name, len) & (c->ents_cap - 1);; i = (i + 1) & (c->ents_cap - 1)) {
+		struct ext4_dcache_ent *e = &c->ents[i];
+		if (!e->gen) return NULL;
+		if (e->gen == gen && !strncmp(e->name, name, len) && e->name[len] == '\0') return e;
+	}
+}
+
+static int dc_add(struct ext4_dcache *c, uint32_t gen, const char *name, size_t len, ext2_ino_t ino, uint32_t lblk)
+{
+	if ((c->ents_used + 1) * 2 > c->ents_cap) {
+		size_t live = 0, ncap = 1024;
+		for (size_t i = 0; i < c->ents_cap; i++) live += c->ents[i].gen && c->ents[i].gen != UINT32_MAX;
+		while (ncap < live * 4) ncap *= 2;
+		struct ext4_dcache_ent *ne = calloc(ncap, sizeof(*ne));
+		if (!ne) return -ENOMEM;
+		for (size_t i = 0; i < c->ents_cap; i++) {
+			struct ext4_dcache_ent *e = &c->ents[i];
+			if (!e->gen || e->gen == UINT32_MAX) continue;
+			size_t j = hash_ent(e->gen, e->name, strlen(e->name)) & (ncap - 1);
+			while (ne[j].gen) j = (j + 1) & (ncap - 1);
+			ne[j] = *e;
+		}
+		free(c->ents);
+		c->ents = ne;
+		c->ents_cap = ncap;
+		c->ents_used = live;
+	}
+	size_t i = hash_ent(gen, name, len) & (c->ents_cap - 1);
+	while (c->ents[i].gen) i = (i + 1) & (c->ents_cap - 1);
+	char *n = strndup(name, len);
+	if (!n) return -ENOMEM;
+	c->ents[i] = (struct ext4_dcache_ent){ .gen = gen, .ino = ino, .lblk = lblk, .name = n };
+	c->ents_used++;
+	return 0;
+}
+
+static void dc_del(struct ext4_dcache_ent *e)
+{
+	free(e->name);
+	e->name = NULL;
+	e->gen = UINT32_MAX;
+}
+
+static void dc_free(struct ext4_dcache *c)
+{
+	for (size_t i = 0; i < c->ents_cap; i++) free(c->ents[i].name);
+	free(c->ents);
+	free(c->dirs);
+	memset(c, 0, sizeof(*c));
+}
+
+/* A directory we just created, or one that was freed (its cached entries become unreachable). */
+static int dc_set_new(struct ext4_apply *a, ext2_ino_t ino)
+{
+	struct ext4_dcache_dir *d = dc_dir(&a->dcache, ino, true);
+	if (!d) return log_error(-ENOMEM, "%s: out of memory", a->label);
+	d->gen = ++a->dcache.next_gen;
+	return 0;
+}
+
+static void dc_forget(struct ext4_apply *a, ext2_ino_t ino)
+{
+	struct ext4_dcache_dir *d = dc_dir(&a->dcache, ino, false);
+	if (d) d->gen = 0;
+}
+
+static unsigned dirblock_end(ext2_filsys fs)
+{
+	return fs->blocksize - (ext2fs_has_feature_metadata_csum(fs->super) ? sizeof(struct ext2_dir_entry_tail) : 0);
+}
+
+/* The entry at *off of a directory block, checked to lie inside [0, end). */
+static int dirent_at(ext2_filsys fs, char *buf, unsigned off, unsigned end, struct ext2_dir_entry **de_out,
+		     unsigned *rec_len)
+{
+	struct ext2_dir_entry *de = (struct ext2_dir_entry *)(buf + off);
+	unsigned rl;
+	if (off + 8 > end || ext2fs_get_rec_len(fs, de, &rl)) return -EUCLEAN;
+	if (rl < 8 || rl % 4 || rl > end - off || (unsigned)ext2fs_dirent_name_len(de) + 8 > rl) return -EUCLEAN;
+	*de_out = de;
+	*rec_len = rl;
+	return 0;
+}
+
+/* Reads logical block lblk of directory dir: 1 when it is a hole or lacks a checksum tail (then
+ * the caller uses libext2fs's generic code), 0 with *pblk and buf filled, or -errno. */
+static int dir_block_read(struct ext4_apply *a, ext2_ino_t dir, struct ext2_inode *inode, uint32_t lblk,
+			  blk64_t *pblk, char *buf)
+{
+	errcode_t err = ext2fs_bmap2(a->fs, dir, inode, NULL, 0, lblk, NULL, pblk);
+	if (err) return ext4_fail(a, err, "map directory block");
+	if (!*pblk) return 1;
+	err = ext2fs_read_dir_block4(a->fs, *pblk, buf, 0, dir);
+	if (err) return ext4_fail(a, err, "read directory block");
+	if (ext2fs_has_feature_metadata_csum(a->fs->super) && !ext2fs_dirent_has_tail(a->fs, (struct ext2_dir_entry *)buf))
+		return 1;
+	return 0;
+}
+
+static bool dir_managed(struct ext4_apply *a, const struct ext2_inode *in)
+{
+	return !(in->i_flags & (EXT2_INDEX_FL | EXT4_INLINE_DATA_FL)) && EXT2_I_SIZE(in) &&
+	       EXT2_I_SIZE(in) % a->fs->blocksize == 0 && EXT2_I_SIZE(in) / a->fs->blocksize < UINT32_MAX;
+}
+
+/* The generation of directory dir in the cache, loading it first: > 0, or 0 when the directory
+ * is not one this code manages (htree, inline data, unexpected layout), or -errno. */
+static int64_t dc_ensure(struct ext4_apply *a, ext2_ino_t dir)
+{
+	struct ext4_dcache_dir *d = dc_dir(&a->dcache, dir, false);
+	struct ext2_inode in;
+	char *buf = NULL;
+	errcode_t err;
+	int r = 0;
+
+	if (d && d->gen) return d->gen;
+	err = ext2fs_read_inode(a->fs, dir, &in);
+	if (err) return ext4_fail(a, err, "read directory inode");
+	if (!LINUX_S_ISDIR(in.i_mode) || !dir_managed(a, &in)) return 0;
+	uint32_t gen = ++a->dcache.next_gen, nblocks = (uint32_t)(EXT2_I_SIZE(&in) / a->fs->blocksize);
+	unsigned end = dirblock_end(a->fs);
+	buf = malloc(a->fs->blocksize);
+	if (!buf) return log_error(-ENOMEM, "%s: out of memory", a->label);
+	for (uint32_t lblk = 0; lblk < nblocks && !r; lblk++) {
+		blk64_t pblk;
+		r = dir_block_read(a, dir, &in, lblk, &pblk, buf);
+		if (r) break;
+		for (unsigned off = 0, rl; off < end && !r; off += rl) {
+			struct ext2_dir_entry *de;
+			if (dirent_at(a->fs, buf, off, end, &de, &rl)) {
+				r = 1;
+				break;
+			}
+			size_t len = (size_t)ext2fs_dirent_name_len(de);
+			if (!de->inode || (len == 1 && de->name[0] == '.') ||
+			    (len == 2 && de->name[0] == '.' && de->name[1] == '.'))
+				continue;
+			if (dc_add(&a->dcache, gen, de->name, len, de->inode, lblk)) r = log_error(-ENOMEM, "%s: out of memory", a->label);
+		}
+	}
+	free(buf);
+	if (r) return r < 0 ? r : 0; /* 1: not managed; entries under gen stay unreachable */
+	d = dc_dir(&a->dcache, dir, true);
+	if (!d) return log_error(-ENOMEM, "%s: out of memory", a->label);
+	d->gen = gen;
+	return gen;
+}
+
+/* Appends name -> ino in the last block of dir, growing dir by one block when it is full.
+ * 1: the directory does not have the expected layout (caller falls back to ext2fs_link). */
+static int dir_append(struct ext4_apply *a, ext2_ino_t dir, const char *name, ext2_ino_t ino, int ft,
+		      uint32_t *lblk_out)
+{
+	size_t len = strlen(name);
+	unsigned need = EXT2_DIR_REC_LEN(len), end = dirblock_end(a->fs);
+	char *buf = malloc(a->fs->blocksize);
+	int r = 1;
+
+	if (!buf) return log_error(-ENOMEM, "%s: out of memory", a->label);
+	for (int attempt = 0; attempt < 2; attempt++) {
+		struct ext2_inode in;
+		blk64_t pblk;
+		errcode_t err = ext2fs_read_inode(a->fs, dir, &in);
+		if (err) {
+			r = ext4_fail(a, err, "read directory inode");
+			break;
+		}
+		if (!dir_managed(a, &in)) break;
+		uint32_t lblk = (uint32_t)(EXT2_I_SIZE(&in) / a->fs->blocksize) - 1;
+		r = dir_block_read(a, dir, &in, lblk, &pblk, buf);
+		if (r) break;
+		struct ext2_dir_entry *slot = NULL, *de;
+		for (unsigned off = 0, rl; off < end; off += rl) {
+			if (dirent_at(a->fs, buf, off, end, &de, &rl)) {
+				r = 1;
+				goto out;
+			}
+			if (!de->inode) {
+				if (rl >= need) {
+					slot = de;
+					break;
+				}
+				continue;
+			}
+			unsigned used = EXT2_DIR_REC_LEN(ext2fs_dirent_name_len(de));
+			if (rl >= used + need) {
+				ext2fs_set_rec_len(a->fs, used, de);
+				slot = (struct ext2_dir_entry *)((char *)de + used);
+				ext2fs_set_rec_len(a->fs, rl - used, slot);
+				break;
+			}
+		}
+		if (!slot) {
+			if (attempt) {
+				r = 1;
+				break;
+			}
+			err = ext2fs_expand_dir(a->fs, dir);
+			if (err) {
+				r = ext4_fail(a, err, "expand directory");
+				break;
+			}
+			continue;
+		}
+		slot->inode = ino;
+		ext2fs_dirent_set_name_len(slot, (int)len);
+		ext2fs_dirent_set_file_type(slot, ft);
+		memcpy(slot->name, name, len);
+		err = ext2fs_write_dir_block4(a->fs, pblk, buf, 0, dir);
+		r = err ? ext4_fail(a, err, "write directory block") : 0;
+		*lblk_out = lblk;
+		break;
+	}
+out:
+	free(buf);
+	return r;
+}
+
 int ext4_dir_add(struct ext4_apply *a, ext2_ino_t dir, const char *name, ext2_ino_t ino, int file_type)
 {
-	errcode_t err = ext2fs_link(a->fs, dir, name, ino, file_type);
-	if (err == EXT2_ET_DIR_NO_SPACE) {
-		err = ext2fs_expand_dir(a->fs, dir);
-		if (err) return ext4_fail(a, err, "expand directory");
-		err = ext2fs_link(a->fs, dir, name, ino, file_type);
+	uint32_t lblk = UINT32_MAX;
+	int64_t gen = dc_ensure(a, dir);
+	int r;
+
+	if (gen < 0) return (int)gen;
+	r = gen ? dir_append(a, dir, name, ino, file_type, &lblk) : 1;
+	if (r < 0) return r;
+	if (r) {
+		errcode_t err = ext2fs_link(a->fs, dir, name, ino, file_type);
+		if (err == EXT2_ET_DIR_NO_SPACE) {
+			err = ext2fs_expand_dir(a->fs, dir);
+			if (err) return ext4_fail(a, err, "expand directory");
+			err = ext2fs_link(a->fs, dir, name, ino, file_type);
+		}
+		if (err) return ext4_fail(a, err, "add directory entry");
 	}
-	return err ? ext4_fail(a, err, "add directory entry") : 0;
+	if (gen && dc_add(&a->dcache, (uint32_t)gen, name, strlen(name), ino, lblk))
+		return log_error(-ENOMEM, "%s: out of memory", a->label);
+	return 0;
 }
 
 int ext4_dir_lookup(struct ext4_apply *a, ext2_ino_t dir, const char *name, ext2_ino_t *ino)
 {
+	int64_t gen = dc_ensure(a, dir);
+	if (gen < 0) return (int)gen;
+	if (gen) {
+		struct ext4_dcache_ent *e = dc_find(&a->dcache, (uint32_t)gen, name, strlen(name));
+		if (!e) return -ENOENT;
+		*ino = e->ino;
+		return 0;
+	}
 	errcode_t err = ext2fs_lookup(a->fs, dir, name, (int)strlen(name), NULL, ino);
 	if (err == EXT2_ET_FILE_NOT_FOUND) return -ENOENT;
 	return err ? ext4_fail(a, err, "look up directory entry") : 0;
+}
+
+/* Removes the entry name -> ino from dir: in place when the cache knows its block. */
+static int dir_unlink(struct ext4_apply *a, ext2_ino_t dir, const char *name, ext2_ino_t ino)
+{
+	int64_t gen = dc_ensure(a, dir);
+	size_t len = strlen(name);
+	struct ext4_dcache_ent *e;
+	errcode_t err;
+
+	if (gen < 0) return (int)gen;
+	e = gen ? dc_find(&a->dcache, (uint32_t)gen, name, len) : NULL;
+	if (e && e->lblk != UINT32_MAX) {
+		struct ext2_inode in;
+		blk64_t pblk;
+		unsigned end = dirblock_end(a->fs);
+		char *buf = malloc(a->fs->blocksize);
+		int r;
+		if (!buf) return log_error(-ENOMEM, "%s: out of memory", a->label);
+		err = ext2fs_read_inode(a->fs, dir, &in);
+		r = err ? ext4_fail(a, err, "read directory inode") : dir_block_read(a, dir, &in, e->lblk, &pblk, buf);
+		if (!r) {
+			struct ext2_dir_entry *de, *prev = NULL;
+			unsigned rl, prev_rl = 0;
+			r = 1;
+			for (unsigned off = 0; off < end; off += rl, prev = de, prev_rl = rl) {
+				if (dirent_at(a->fs, buf, off, end, &de, &rl)) break;
+				if (de->inode != ino || (size_t)ext2fs_dirent_name_len(de) != len || memcmp(de->name, name, len))
+					continue;
+				if (prev) ext2fs_set_rec_len(a->fs, prev_rl + rl, prev);
+				else de->inode = 0;
+				err = ext2fs_write_dir_block4(a->fs, pblk, buf, 0, dir);
+				r = err ? ext4_fail(a, err, "write directory block") : 0;
+				break;
+			}
+		}
+		free(buf);
+		if (r <= 0) {
+			if (!r) dc_del(e);
+			return r;
+		}
+	}
+	err = ext2fs_unlink(a->fs, dir, name, ino, 0);
+	if (err) return ext4_fail(a, err, "remove directory entry");
+	if (gen && (e = dc_find(&a->dcache, (uint32_t)gen, name, len))) dc_del(e);
+	return 0;
 }
 
 struct list_ctx {
@@ -472,12 +796,12 @@ static int inode_free(struct ext4_apply *a, ext2_ino_t ino)
 	return 0;
 }
 
-/* Removal recursion is bounded by the directory depth, itself bounded by the path length limit
- * of every layer that built the tree. */
-int ext4_remove(struct ext4_apply *a, ext2_ino_t dir, const char *name, ext2_ino_t ino)
+/* Removes name -> ino from dir (unless dir itself is going away: unlink false) and frees what
+ * lost its last link.  The recursion is bounded by the directory depth, itself bounded by the
+ * path length limit of every layer that built the tree. */
+static int remove_tree(struct ext4_apply *a, ext2_ino_t dir, const char *name, ext2_ino_t ino, bool unlink)
 {
 	struct ext2_inode_large in;
-	errcode_t err;
 	int r = ext4_read_inode(a, ino, &in);
 	if (r) return r;
 
@@ -485,16 +809,20 @@ int ext4_remove(struct ext4_apply *a, ext2_ino_t dir, const char *name, ext2_ino
 		struct ext4_dir_list l;
 		r = ext4_dir_list(a, ino, &l);
 		if (r) return r;
-		for (size_t i = 0; i < l.count && !r; i++) r = ext4_remove(a, ino, l.names[i], l.inos[i]);
+		for (size_t i = 0; i < l.count && !r; i++) r = remove_tree(a, ino, l.names[i], l.inos[i], false);
 		ext4_dir_list_free(&l);
 		if (r) return r;
-	}
-	err = ext2fs_unlink(a->fs, dir, name, ino, 0);
-	if (err) return ext4_fail(a, err, "remove directory entry");
-	if (LINUX_S_ISDIR(in.i_mode)) {
-		r = parent_links_inc(a, dir, -1);
-		if (r) return r;
+		if (unlink) {
+			r = dir_unlink(a, dir, name, ino);
+			if (!r) r = parent_links_inc(a, dir, -1);
+			if (r) return r;
+		}
+		dc_forget(a, ino);
 		return inode_free(a, ino);
+	}
+	if (unlink) {
+		r = dir_unlink(a, dir, name, ino);
+		if (r) return r;
 	}
 	r = ext4_read_inode(a, ino, &in);
 	if (r) return r;
@@ -503,6 +831,11 @@ int ext4_remove(struct ext4_apply *a, ext2_ino_t dir, const char *name, ext2_ino
 		return ext4_write_inode(a, ino, &in);
 	}
 	return inode_free(a, ino);
+}
+
+int ext4_remove(struct ext4_apply *a, ext2_ino_t dir, const char *name, ext2_ino_t ino)
+{
+	return remove_tree(a, dir, name, ino, true);
 }
 
 int ext4_set_meta(struct ext4_apply *a, ext2_ino_t ino, const struct ext4_meta *m)
@@ -537,6 +870,7 @@ static struct ext4_apply *apply_new(struct cow_device *dev, const struct ext4_pa
 static void apply_free(struct ext4_apply *a)
 {
 	ext4_pathset_clear(&a->upper);
+	dc_free(&a->dcache);
 	free(a);
 }
 

@@ -22,11 +22,35 @@ struct ext4_pathset {
 	size_t cap, count;
 };
 
+/* In-memory index of the directories a layer touches: (directory, name) -> inode and the
+ * directory block holding the entry, so lookups, additions and removals cost O(1) instead of a
+ * scan of the whole directory (a 10,000-file directory would be quadratic otherwise).  A
+ * directory is loaded (one pass over its blocks) on first use and gets a generation number;
+ * entries are keyed by generation, so forgetting a directory (it was freed) is O(1). */
+struct ext4_dcache_dir {
+	ext2_ino_t ino;   /* 0: empty slot */
+	uint32_t gen;     /* 0: not loaded */
+};
+struct ext4_dcache_ent {
+	uint32_t gen;     /* 0: empty slot, UINT32_MAX: deleted */
+	ext2_ino_t ino;
+	uint32_t lblk;    /* directory block of the entry, UINT32_MAX: unknown */
+	char *name;
+};
+struct ext4_dcache {
+	struct ext4_dcache_dir *dirs;
+	size_t dirs_cap, dirs_count;
+	struct ext4_dcache_ent *ents;
+	size_t ents_cap, ents_used;  /* used counts deleted slots too */
+	uint32_t next_gen;
+};
+
 struct ext4_apply {
 	ext2_filsys fs;
 	struct cow_device *dev;
 	struct ext4_params params;
 	struct ext4_pathset upper;
+	struct ext4_dcache dcache;
 	const char *label;   /* for messages; "" outside ext4_apply_tar */
 	const char *entry;   /* the entry being applied, or NULL */
 };
