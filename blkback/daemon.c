@@ -113,6 +113,8 @@ static void scan(struct daemon *dm)
 	}
 }
 
+static void scan(struct daemon *dm);
+
 static void reap(struct daemon *dm)
 {
 	int st;
@@ -123,14 +125,16 @@ static void reap(struct daemon *dm)
 			if (c->pid != pid) continue;
 			c->pid = 0;
 			bool ok = WIFEXITED(st) && WEXITSTATUS(st) == 0;
-			if (ok) {
-				c->done = true;
-				break;
-			}
 			char sp[300], *v;
 			snprintf(sp, sizeof(sp), "%s/state", c->path);
 			bool exists = xenif_xs_read(dm->xs, 0, sp, &v, NULL) == 0;
 			if (exists) free(v);
+			if (ok || !exists) {
+				/* Done: forget it; a directory that exists (again) is a new attach. */
+				c->path[0] = '\0';
+				if (exists) scan(dm);
+				break;
+			}
 			if (WIFSIGNALED(st)) log_warn("blkback: device process for %s killed by signal %d", c->path, WTERMSIG(st));
 			else log_warn("blkback: device process for %s exited with %d", c->path, WEXITSTATUS(st));
 			if (exists && c->restarts < BLKBACK_DEVICE_RESTARTS_MAX) {

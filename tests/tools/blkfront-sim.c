@@ -575,8 +575,9 @@ static int wait_inflight(struct fe *f, unsigned until)
 		int pr = poll(&pfd, 1, 50);
 		while (xenif_evt_pending(f->evt) >= 0) {}
 		if (pr == 0) {
+			/* InitWait is a backend restarting: it resumes our ring.  Closing/Closed is not. */
 			int s = be_state(f);
-			if (s != XenbusStateConnected) return -EPIPE;
+			if (s == XenbusStateClosing || s == XenbusStateClosed || s < 0) return -EPIPE;
 			if (now_ns() > end) return -ETIMEDOUT;
 		}
 	}
@@ -945,8 +946,23 @@ static int write_pattern(const char *path, uint64_t bytes)
 int main(int argc, char **argv)
 {
 	if (argc == 4 && !strcmp(argv[1], "pattern")) return write_pattern(argv[2], strtoull(argv[3], NULL, 0));
+	if ((argc == 3 || argc == 4) && (!strcmp(argv[1], "xs-read") || !strcmp(argv[1], "xs-write"))) {
+		/* Script helpers, as dom0: print a node (exit 1 when missing) or write one. */
+		struct xenif *x;
+		struct xenif_xs *xs;
+		const char *sk = getenv(XENIF_SIM_ENV);
+		log_set_quiet(1);
+		if (!sk || xenif_open_sim(sk, 0, &x) || xenif_xs_open(x, &xs)) return 2;
+		if (argc == 4) return xenif_xs_write(xs, 0, argv[2], argv[3], strlen(argv[3])) ? 1 : 0;
+		char *v;
+		if (xenif_xs_read(xs, 0, argv[2], &v, NULL)) return 1;
+		printf("%s\n", v);
+		return 0;
+	}
+	setvbuf(stdout, NULL, _IOLBF, 0);
 	struct fe *f = calloc(1, sizeof(*f));
 	const char *sock = getenv(XENIF_SIM_ENV), *model_path = NULL, *pause_file = NULL, *cmd = NULL, *arg = NULL;
+	const char *until_file = NULL;
 	unsigned ops = 2000, reconnect = 0, bs = 4096, write_pct = 0;
 	double seconds = 2;
 	bool first_writes = false;
@@ -977,6 +993,7 @@ int main(int argc, char **argv)
 		else if (!strcmp(a, "--write-pct") && v) write_pct = (unsigned)atoi(argv[++i]);
 		else if (!strcmp(a, "--seconds") && v) seconds = atof(argv[++i]);
 		else if (!strcmp(a, "--pause") && v) pause_file = argv[++i];
+		else if (!strcmp(a, "--until") && v) until_file = argv[++i];
 		else if (!strcmp(a, "--first-writes")) first_writes = true;
 		else if (!cmd) cmd = a;
 		else if (!arg) arg = a;
@@ -1008,6 +1025,7 @@ int main(int argc, char **argv)
 	       f->max_indirect, f->discard, f->readonly, f->sectors);
 	if (pause_file) {
 		while (access(pause_file, F_OK) != 0) usleep(10000);
+		if (wait_be_state(f, 1u << XenbusStateConnected, TIMEOUT_MS) < 0) die("backend not connected after pause");
 	}
 	if (!strcmp(cmd, "bench")) {
 		rc = run_bench(f, bs, write_pct, seconds, first_writes);
@@ -1024,6 +1042,12 @@ int main(int argc, char **argv)
 		for (uint64_t o = 0; o < f->sectors * 512; o++) f->model[o] = pattern_byte(o);
 	}
 	rc = run_check(f, ops);
+	unsigned rounds = 1;
+	while (until_file && rc == 0 && access(until_file, F_OK) != 0) {
+		rc = run_check(f, ops);
+		rounds++;
+	}
+	if (until_file) printf("# %u check rounds\n", rounds);
 	for (unsigned k = 0; k < reconnect && rc == 0; k++) {
 		if (fe_close(f)) die("close for reconnect");
 		set_state(f, XenbusStateInitialising);
