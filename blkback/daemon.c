@@ -189,7 +189,10 @@ int blkback_serve(const char *store_root, const struct blkback_options *opts)
 			break;
 		}
 		r = 0;
-		if (any) scan(dm);
+		if (any) {
+			scan(dm);
+			continue; /* events that arrived during the scan are queued in memory, not on the fd */
+		}
 		struct pollfd pfd[2] = { { xenif_xs_fd(dm->xs), POLLIN, 0 }, { sfd, POLLIN, 0 } };
 		if (poll(pfd, 2, -1) < 0 && errno != EINTR) {
 			r = -errno;

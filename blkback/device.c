@@ -856,9 +856,12 @@ int blkback_device_serve(const char *store_root, const char *backend_path, const
 		}
 		uint64_t cnt;
 		if (read(d->attn_fd, &cnt, sizeof(cnt)) == sizeof(cnt)) any = true;
-		if (any && step(d) == STEP_EXIT) {
-			r = 0;
-			break;
+		if (any) {
+			if (step(d) == STEP_EXIT) {
+				r = 0;
+				break;
+			}
+			continue; /* step's own calls may have queued events in memory: drain before polling */
 		}
 		struct pollfd pfd[2] = { { xenif_xs_fd(d->xs), POLLIN, 0 }, { d->attn_fd, POLLIN, 0 } };
 		if (poll(pfd, 2, -1) < 0 && errno != EINTR) {

@@ -97,8 +97,8 @@ wait_gone $B/state && ok "restart: cleaned up" || notok "restart: cleaned up"
 # a frontend that vanishes (guest destroyed) while connected
 "$OCIBLK" xen-attach 10 xvda c10 >/dev/null
 "$FE" --domid 10 --vdev 51712 --pause "$T/never" check >"$T/fe.10" 2>&1 & FEP=$!; PIDS="$PIDS $FEP"
-wait_grep "^# connected" "$T/fe.10" && kill -9 $FEP
-wait $FEP 2>/dev/null
+wait_grep "^# connected" "$T/fe.10" && { kill -9 $FEP; wait $FEP; } 2>/dev/null
+
 wait_gone $BE0/ociblk/10/51712/state && ok "vanished frontend: backend removed its directory" || notok "vanished frontend: backend directory"
 wait_grep "ociblk/10/51712: frontend .* is gone" "$T/be.log" && ok "vanished frontend: device noticed" || notok "vanished frontend noticed"
 run_check "vanished frontend: the container is free again for a new guest" 10 c10 ociblk -- --ops 300

@@ -760,8 +760,8 @@ static int hostile_request(struct fe *f, const char *c)
 		sg[3].first_sect = 7;
 		sg[3].last_sect = 2;
 	} else if (!strcmp(c, "indirect-past-end")) r.sector = f->sectors - 8;
-	else if (!strcmp(c, "indirect-readonly-page")) {
-		/* indirect page granted read-only is fine; granted to nobody is not */
+	else if (!strcmp(c, "indirect-revoked-page")) {
+		/* the indirect page is not granted at all */
 		xensim_guest_grant_raw(f->g, r.igrefs[0], 0, 0, 0);
 	} else if (!strcmp(c, "discard-misaligned")) { r.op = BLKIF_OP_DISCARD; r.sector = 3; r.nr_sectors = 8; }
 	else if (!strcmp(c, "discard-past-end")) { r.op = BLKIF_OP_DISCARD; r.sector = f->sectors; r.nr_sectors = 8; }
