@@ -51,10 +51,13 @@ run_check() {
 for c in c1 c2 c3 c4 c5 c7 c8 c9 c10 c11; do "$OCIBLK" create base $c >/dev/null; done
 
 "$OCIBLK" xen-sim "$T/sim.sock" 2>"$T/sim.log" & PIDS="$PIDS $!"
-for _ in $(seq 100); do [ -S "$T/sim.sock" ] && break; sleep 0.05; done
+# the socket file exists before it listens: wait until a client gets an answer
+for _ in $(seq 200); do "$FE" xs-read /local/domain/0 >/dev/null 2>&1 && break; sleep 0.05; done
 OCIBLK_LOG=info "$OCIBLK" xen-backend 2>"$T/be.log" & BE=$!; PIDS="$PIDS $BE"
 OCIBLK_LOG=info "$OCIBLK" xen-backend --type ocimap --grant-map 2>"$T/bemap.log" & BEMAP=$!; PIDS="$PIDS $BEMAP"
-wait_grep "serving backend type ociblk" "$T/be.log"; wait_grep "serving backend type ocimap" "$T/bemap.log"
+if ! wait_grep "serving backend type ociblk" "$T/be.log" || ! wait_grep "serving backend type ocimap" "$T/bemap.log"; then
+	echo "Bail out! backend daemons did not start"; diag "$T/be.log" "$T/bemap.log"; exit 1
+fi
 
 echo "1..42"
 run_check "native abi, 1 queue, 1-page ring, no persistent/indirect" 1 c1 ociblk -- --ops 1500 --qd 8

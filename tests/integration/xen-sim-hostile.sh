@@ -80,9 +80,10 @@ i=0
 echo "$CASES" | while read -r c _; do [ -n "$c" ] && { i=$((i+1)); "$OCIBLK" create base "h$i" >/dev/null; }; done
 
 "$OCIBLK" xen-sim "$T/sim.sock" 2>"$T/sim.log" & PIDS="$PIDS $!"
-for _ in $(seq 100); do [ -S "$T/sim.sock" ] && break; sleep 0.05; done
+# the socket file exists before it listens: wait until a client gets an answer
+for _ in $(seq 200); do "$FE" xs-read /local/domain/0 >/dev/null 2>&1 && break; sleep 0.05; done
 OCIBLK_LOG=info "$OCIBLK" xen-backend 2>"$T/be.log" & BE=$!; PIDS="$PIDS $BE"
-wait_grep "serving backend type ociblk" "$T/be.log"
+wait_grep "serving backend type ociblk" "$T/be.log" || { echo "Bail out! backend daemon did not start"; diag "$T/be.log"; exit 1; }
 
 # the well-behaved neighbour
 "$OCIBLK" xen-attach 2 xvda healthy >/dev/null
@@ -94,6 +95,7 @@ i=0
 while read -r c want disk opts; do
 	[ -n "$c" ] || continue
 	i=$((i+1)); dom=$((100 + i))
+	if ! kill -0 "$BE" 2>/dev/null; then notok "$c: backend daemon is gone"; notok "$c: (skipped)"; continue; fi
 	if [ "$disk" = i ]; then d=base; else d=h$i; fi
 	"$OCIBLK" xen-attach "$dom" xvda "$d" >/dev/null 2>"$T/err" || { notok "$c: attach"; diag "$T/err"; continue; }
 	# shellcheck disable=SC2086
