@@ -3,11 +3,13 @@
  * every crash point of the crashvfs, several times with different crash outcomes.  After each
  * crash the store must open, fsck must be clean, every record must be exactly its value before
  * or after the step that was cut (never partial, never lost once its call returned), every layer a
- * record names must be there, and gc must then clean the temp files and leave fsck clean.
+ * record names must be there, every container must open as a cow device, and gc must then clean
+ * the temp files and leave fsck clean.
  *
  * OCIBLK_SEED replays a run; OCIBLK_CRASH_POINTS sets the number of crash runs (default 1200). */
 #include "common/log.h"
 #include "common/vfs.h"
+#include "cow/cow.h"
 #include "layer-store/layer_store.h"
 #include "tests/lib/crashvfs.h"
 #include "tests/lib/tap.h"
@@ -419,6 +421,18 @@ static int crash_run(uint64_t point, uint64_t crash_seed, int *cut_step, char *w
 		goto fail;
 	}
 	if (check_state(&got, &states[k], &states[k < N_STEPS ? k + 1 : k], why, why_len)) goto fail;
+	/* every container that is there is usable by cow/ */
+	for (int i = 0; i < got.n; i++) {
+		struct cow_device *dev;
+		struct cow_check_report cr;
+		const char *name = got.key[i] + strlen("container:");
+		if (strncmp(got.key[i], "container:", 10)) continue;
+		if ((r = cow_device_open_container(s, name, &dev)) || (r = cow_device_close(dev)) ||
+		    (r = cow_container_check(s, name, &cr))) {
+			snprintf(why, why_len, "container %s after the crash: cow open/close/check: %d", name, r);
+			goto fail;
+		}
+	}
 	r = layer_store_gc(s, 0, &gs);
 	if (r) {
 		snprintf(why, why_len, "gc after the crash: %d", r);

@@ -235,7 +235,7 @@ static void test_names(void)
 	char p[700], q[700], x[700], y[700];
 	size_t len = 0;
 	unsigned bad = 0, c_gone = 0, c_there = 0, d_bad = 0, u_back = 0, u_gone = 0, du_bad = 0;
-	unsigned r_old = 0, r_new = 0, r_bad = 0, x_bad = 0;
+	unsigned r_old = 0, r_new = 0, r_bad = 0, x_bad = 0, src_bad = 0;
 	fill(a, sizeof a, 0x11);
 	fill(b, sizeof b, 0x22);
 	snprintf(p, sizeof p, "%s/created", dir);
@@ -301,6 +301,15 @@ static void test_names(void)
 		vfs_fsync_dir(dir_b);
 		crashvfs_crash(base_seed + s, NULL);
 		if (exists(x) || slurp(y, got, sizeof got, &len) || len != sizeof b || memcmp(got, b, len)) x_bad++;
+
+		/* the same with fsync_dir of the source directory only: a rename is one transaction */
+		unlink(x);
+		unlink(y);
+		put_durable(x, a, sizeof a);
+		vfs_rename(x, y);
+		vfs_fsync_dir(dir_a);
+		crashvfs_crash(base_seed + s, NULL);
+		if (exists(x) || slurp(y, got, sizeof got, &len) || len != sizeof a || memcmp(got, a, len)) src_bad++;
 	}
 	TAP_IS(bad, 0u, "a file that exists after a crash holds its synced contents");
 	TAP_IS(d_bad, 0u, "create + fsync + fsync_dir always survives");
@@ -310,6 +319,7 @@ static void test_names(void)
 	TAP_IS(r_bad, 0u, "rename over a file is atomic: old or new, whole");
 	TAP_OK(r_old > 0 && r_new > 0, "unsynced rename sometimes undone (%u), sometimes kept (%u)", r_old, r_new);
 	TAP_IS(x_bad, 0u, "durable rename keeps the create it depends on");
+	TAP_IS(src_bad, 0u, "rename is durable after fsync_dir of its source directory too");
 }
 
 /* vfs_write_file_atomic cut at every op: the file is old or new, never partial or missing. */
@@ -347,6 +357,38 @@ static void test_atomic_replace(void)
 	TAP_OK(n_old > 0 && n_new > 0, "both outcomes seen (old %u, new %u)", n_old, n_new);
 }
 
+static void test_helpers(void)
+{
+	static uint8_t a[70000], got[80000];
+	char from[700], to[700], f[800];
+	size_t len = 0;
+	int fd;
+	fill(a, sizeof a, 0x66);
+	snprintf(from, sizeof from, "%s/tree", dir);
+	snprintf(to, sizeof to, "%s/tree-copy", dir);
+	snprintf(f, sizeof f, "%s/sub", from);
+	mkdir(from, 0755);
+	mkdir(f, 0755);
+	snprintf(f, sizeof f, "%s/sub/file", from);
+	fd = open(f, O_CREAT | O_WRONLY, 0600);
+	TAP_OK(fd >= 0 && write(fd, a, sizeof a) == (ssize_t)sizeof a, "tree to copy");
+	close(fd);
+	TAP_IS(crashvfs_copy_tree(from, to), 0, "copy_tree");
+	snprintf(f, sizeof f, "%s/sub/file", to);
+	TAP_OK(!slurp(f, got, sizeof got, &len) && len == sizeof a && !memcmp(got, a, len), "copy_tree copies contents");
+	TAP_IS(crashvfs_remove_tree(to), 0, "remove_tree");
+	TAP_OK(!exists(to) && exists(from), "remove_tree removes only its tree");
+	crashvfs_remove_tree(from);
+	snprintf(f, sizeof f, "%s/unsynced", dir);
+	fd = vfs_open(f, O_CREAT | O_WRONLY, 0644);
+	vfs_pwrite_full(fd, a, 1000, 0);
+	vfs_close(fd);
+	crashvfs_settle();
+	crashvfs_crash(base_seed, NULL);
+	TAP_OK(!slurp(f, got, sizeof got, &len) && len == 1000 && !memcmp(got, a, 1000), "settle makes everything durable");
+	unlink(f);
+}
+
 int main(void)
 {
 	base_seed = tap_seed();
@@ -369,6 +411,7 @@ int main(void)
 	test_truncate_punch();
 	test_names();
 	test_atomic_replace();
+	test_helpers();
 	crashvfs_uninstall();
 	TAP_OK(vfs_is_posix(), "uninstall restores posix");
 	return tap_done();
