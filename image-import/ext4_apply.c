@@ -1023,6 +1023,13 @@ int ext4_apply_open(struct cow_device *dev, const struct ext4_params *params, st
 		return r;
 	}
 	a->fs->now = params->timestamp_unix ? (time_t)params->timestamp_unix : 1;
+	if (ext2fs_blocks_count(a->fs->super) * (uint64_t)a->fs->blocksize > cow_device_size_bytes(dev)) {
+		int r = log_error(-EINVAL, "open filesystem: it is larger (%llu blocks) than the device (%llu bytes)",
+				  (unsigned long long)ext2fs_blocks_count(a->fs->super),
+				  (unsigned long long)cow_device_size_bytes(dev));
+		ext4_apply_abort(a);
+		return r;
+	}
 	err = ext2fs_read_bitmaps(a->fs);
 	if (err) {
 		int r = ext4_fail(a, err, "read bitmaps");

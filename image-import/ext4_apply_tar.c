@@ -138,6 +138,8 @@ static int entry_meta(struct ext4_apply *a, struct archive_entry *e, uint16_t ty
 	if (uid < 0 || uid > UINT32_MAX - 1 || gid < 0 || gid > UINT32_MAX - 1)
 		return log_error(-EINVAL, "%s: entry %s: uid/gid out of range", a->label, a->entry);
 	m->mode = type | (uint16_t)(archive_entry_mode(e) & 07777);
+	/* symlink(2) always makes 0777: a symlink's mode bits mean nothing and runtimes never set them */
+	if (type == AE_IFLNK) m->mode = type | 0777;
 	m->uid = (uint32_t)uid;
 	m->gid = (uint32_t)gid;
 	if (archive_entry_mtime_is_set(e)) {

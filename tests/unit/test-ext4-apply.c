@@ -31,6 +31,7 @@ static void build_layer1(struct tarbuf *t)
 	tar_add(t, &(struct tar_spec){ .path = "tmp", .type = AE_IFDIR, .perm = 01777 });
 	tar_add(t, &(struct tar_spec){ .path = "sgid", .type = AE_IFDIR, .perm = 02755, .uid = 70000, .gid = 80000 });
 	tar_add(t, &(struct tar_spec){ .path = "bin", .type = AE_IFLNK, .perm = 0777, .link = "usr/bin" });
+	tar_add(t, &(struct tar_spec){ .path = "fastlink", .type = AE_IFLNK, .perm = 0644, .link = "x" });
 	tar_add(t, &(struct tar_spec){ .path = "longlink", .type = AE_IFLNK, .perm = 0777,
 				       .link = "/a/very/long/symlink/target/that/does/not/fit/into/the/inode/itself/"
 					       "because/it/is/longer/than/sixty/bytes" });
@@ -112,6 +113,8 @@ static void check_layer1(ext2_filsys fs)
 	TAP_IS(t_gid(&in), 80000u, "32-bit gid");
 	TAP_IS(check_symlink(fs, "bin", buf, sizeof buf), 0, "bin symlink");
 	TAP_OK(!strcmp(buf, "usr/bin"), "bin target");
+	TAP_IS(check_inode(fs, "fastlink", &in), 0, "symlink with mode 0644 in the tar");
+	TAP_IS(in.i_mode, LINUX_S_IFLNK | 0777, "symlinks are always 0777, as symlink(2) makes them");
 	TAP_IS(check_symlink(fs, "longlink", buf, sizeof buf), 0, "long symlink");
 	TAP_OK(!strncmp(buf, "/a/very/long/symlink", 20) && strlen(buf) > 60, "long symlink target");
 	TAP_IS(check_inode(fs, "dev/null", &in), 0, "dev/null");
