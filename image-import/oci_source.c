@@ -119,6 +119,7 @@ static char *resolve_link(const char *link_name, const char *target)
 			nc--;
 			continue;
 		}
+		if (nc >= sizeof(comps) / sizeof(comps[0])) return NULL;
 		comps[nc++] = c;
 	}
 	size_t total = 0;
