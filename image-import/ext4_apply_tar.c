@@ -388,6 +388,11 @@ static int whiteout_walk(struct ext4_apply *a, ext2_ino_t dir, const char *dir_p
 	int r;
 
 	if (!path) return log_error(-ENOMEM, "%s: out of memory", a->label);
+	/* The filesystem's own lost+found (e2fsck needs it) is not image content: never whited out. */
+	if (dir == EXT2_ROOT_INO && !strcmp(name, "lost+found")) {
+		free(path);
+		return 0;
+	}
 	if (!ext4_pathset_has(&a->upper, path, strlen(path))) {
 		free(path);
 		return ext4_remove(a, dir, name, ino);
