@@ -122,7 +122,8 @@ int layer_get_fd(const struct layer *layer);
  * decompression failure is -EIO with a log line naming the layer and extent: never wrong data. */
 int layer_read_extent(struct layer *layer, uint64_t extent_index, void *out);
 /* The same for a chunk the caller already read (e.g. with io_uring): verify + decompress
- * `stored` (stored_bytes long) into out.  Pure apart from logging; thread-safe. */
+ * `stored` (stored_bytes long) into out.  Pure apart from logging; thread-safe.  For a raw
+ * (uncompressed) extent stored may be out itself: then nothing is copied. */
 int layer_decode_extent(const struct layer *layer, uint64_t extent_index, const void *stored, void *out);
 
 /* ---------------------------------------------------------------- layer writer ------------ */
