@@ -93,6 +93,21 @@ check "qemu-img convert a file into the container export" qemu-img convert -n -f
 check "qemu-img compare after convert" qemu-img compare -f raw -F raw "$T/new.img" "$(uri ctr)"
 check "image export unchanged by container writes" qemu-img compare -f raw -F raw "$T/base.img" "$(uri img)"
 
+# --- a second server on TCP (port 0: the kernel picks one), limited with --export ---------------
+"$OCIBLK" serve --nbd tcp:127.0.0.1:0 --export img >"$T/tcp.out" 2>"$T/tcp.err" & TCP_PID=$!
+EXTRA_PIDS+=("$TCP_PID")
+for i in $(seq 1 100); do grep -q "^serving on tcp:" "$T/tcp.out" 2>/dev/null && break; sleep 0.05; done
+ADDR=$(sed -n 's/^serving on tcp://p' "$T/tcp.out")
+case $ADDR in 127.0.0.1:[1-9]*) ok "tcp server on loopback prints its port ($ADDR)" ;; *) notok "tcp server address ($ADDR)"; sed 's/^/# /' "$T/tcp.err" ;; esac
+check "nbdinfo --list over TCP" nbdinfo --list --json "nbd://$ADDR/"
+python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); sys.exit(0 if [e["export-name"] for e in d["exports"]] == ["img"] else 1)' "$T/out" \
+	&& ok "--export limits the list to that name" || notok "--export limits the list to that name"
+check "the default export \"\" is the first --export" nbdcopy "nbd://$ADDR" "$T/tcp.img"
+cmp -s "$T/tcp.img" "$T/base.img" && ok "TCP copy equals the image" || notok "TCP copy equals the image"
+nbdinfo "nbd://$ADDR/ctr" >/dev/null 2>&1 && notok "a name outside --export is refused" || ok "a name outside --export is refused"
+kill -TERM "$TCP_PID"; wait "$TCP_PID"; rc=$?
+[ "$rc" = 0 ] && ok "tcp server: SIGTERM exit 0" || notok "tcp server: SIGTERM exit $rc"
+
 # --- the server survived everything and stops cleanly on SIGTERM ---------------------------------
 server_alive && ok "server still running" || notok "server still running"
 stop_server TERM; rc=$?

@@ -5,7 +5,10 @@ BUILD=${OCIBLK_BUILD:-$(cd "$(dirname "$0")/../.." && pwd)/build}
 OCIBLK=$BUILD/ociblk
 T=$(mktemp -d)
 SERVER_PID=
+EXTRA_PIDS=()   # other servers a test starts: killed at exit too
 nbd_cleanup() {
+	local p
+	for p in "${EXTRA_PIDS[@]}"; do kill -9 "$p" 2>/dev/null; done
 	if [ -n "$SERVER_PID" ]; then kill -9 "$SERVER_PID" 2>/dev/null; { wait "$SERVER_PID"; } 2>/dev/null; fi
 	rm -rf "$T"
 }
