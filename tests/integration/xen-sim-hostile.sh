@@ -71,7 +71,7 @@ reconnect-storm           error      c  --queues 2 --persistent
 revoke-ring               error      c
 "
 NCASES=$(echo "$CASES" | grep -c .)
-echo "1..$((NCASES * 2 + 5))"
+echo "1..$((NCASES * 2 + 6))"
 
 "$FE" pattern "$T/base.img" 4194304 || exit 1
 "$OCIBLK" layer add-raw "$T/base.img" --name base >/dev/null 2>"$T/err" || { diag "$T/err"; exit 1; }
@@ -116,4 +116,9 @@ rounds=$(sed -n 's/^# \([0-9]*\) check rounds/\1/p' "$T/healthy")
 if grep -E "killed by signal|exited with" "$T/be.log" >"$T/crashes"; then notok "no device process crashed"; diag "$T/crashes"
 else ok "no device process crashed"; fi
 kill -0 "$BE" && ok "backend daemon alive" || notok "backend daemon alive"
+# stop the daemons normally (they exit through main, so ASan builds run their leak check)
+kill $BE; wait $BE 2>/dev/null
+if grep -lE "Sanitizer|runtime error" "$T"/*.log "$T"/fe.* "$T"/case.* "$T"/healthy >"$T/san" 2>/dev/null; then
+	notok "no sanitizer reports"; for f in $(cat "$T/san"); do diag "$f"; done
+else ok "no sanitizer reports"; fi
 [ $failed = 0 ] || { [ -n "${XEN_SIM_DEBUG:-}" ] && cp "$T/be.log" /tmp/hostile-be.log; false; }
