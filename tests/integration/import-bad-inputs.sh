@@ -116,6 +116,65 @@ case_ "--size not a multiple of 4096" "multiple of 4096" oci:"$T/good":v1 --size
 case_ "--platform malformed" "OS/ARCH" oci:"$T/good":v1 --platform linux
 case_ "--platform not the image's" "not linux/arm64" oci:"$T/good":v1 --platform linux/arm64
 
+# --- an import killed while it builds layers ------------------------------------------------------
+# Layer 1 is new; layer 2's blob is a FIFO that we serve for the two verify reads, then hold open
+# without data, so the import blocks applying layer 2 after committing layer 1.  kill -9 then leaves
+# an unreferenced layer file and temp files; gc must bring the store back to what it was.
+mk killed replace-layer 0 "$T/newbase.tar"
+blob=$(python3 -c 'import json,sys; d=sys.argv[1]; i=json.load(open(d+"/index.json")); m=json.load(open(d+"/blobs/sha256/"+i["manifests"][0]["digest"][7:])); print(d+"/blobs/sha256/"+m["layers"][1]["digest"][7:])' "$T/killed")
+mv "$blob" "$T/layer2.blob"; mkfifo "$blob"
+"$OCIBLK" import oci:"$T/killed":v1 >"$T/out" 2>"$T/err" &
+imp=$!
+# The feeder serves one session per open of the FIFO by the import, and starts the next one only
+# once the import has closed it (seen in /proc), so sessions never merge.
+python3 - "$blob" "$T/layer2.blob" $imp <<'EOF' &
+import os, sys, time
+fifo, data, pid = os.path.realpath(sys.argv[1]), open(sys.argv[2], "rb").read(), sys.argv[3]
+def reader_has_it():
+    try:
+        fds = os.listdir("/proc/%s/fd" % pid)
+    except FileNotFoundError:
+        return False
+    for fd in fds:
+        try:
+            if os.readlink("/proc/%s/fd/%s" % (pid, fd)) == fifo:
+                return True
+        except OSError:
+            pass
+    return False
+for _ in range(2):  # the two reads of the verify pass
+    fd = os.open(fifo, os.O_WRONLY)
+    os.write(fd, data)
+    while not reader_has_it():  # its open may return after ours: wait until it holds the FIFO
+        if not os.path.exists("/proc/%s" % pid):
+            sys.exit(0)
+        time.sleep(0.01)
+    os.close(fd)
+    while reader_has_it():
+        time.sleep(0.01)
+fd = os.open(fifo, os.O_WRONLY)  # the apply pass: open, never any data
+time.sleep(120)
+EOF
+feeder=$!
+for i in $(seq 1 600); do
+	[ "$(ls "$OCIBLK_ROOT/layers" | wc -l)" -gt "$(grep -c ' ./layers/' "$T/before")" ] && break
+	kill -0 $imp 2>/dev/null || break
+	sleep 0.1
+done
+if kill -0 $imp 2>/dev/null; then
+	ok "import blocked after committing layer 1"
+	kill -9 $imp; wait $imp 2>/dev/null
+	snapshot >"$T/after"
+	cmp -s "$T/before" "$T/after" && notok "killed import left its layer file (expected before gc)" || ok "killed import left an unreferenced layer file"
+	if "$OCIBLK" gc --tmp-age 0 >"$T/out" 2>&1; then ok "gc after the killed import"; else notok "gc after the killed import"; sed 's/^/# /' "$T/out"; fi
+	snapshot >"$T/after"
+	if cmp -s "$T/before" "$T/after"; then ok "killed import + gc: store as before"; else notok "killed import + gc: store as before"; diff "$T/before" "$T/after" | sed 's/^/# /' | head; fi
+	[ -z "$(ls -A "$OCIBLK_ROOT/tmp")" ] && ok "killed import + gc: no temp files" || notok "killed import + gc: no temp files"
+else
+	notok "import blocked after committing layer 1"; sed 's/^/# /' "$T/err" | head
+fi
+kill $feeder 2>/dev/null; wait $feeder 2>/dev/null
+
 # after all that, the good image still works and fsck is clean
 if "$OCIBLK" fsck >"$T/out" 2>&1; then ok "fsck clean after the failed imports"; else notok "fsck clean after the failed imports"; sed 's/^/# /' "$T/out" | head; fi
 echo "1..$n"
