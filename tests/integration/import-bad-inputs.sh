@@ -81,6 +81,11 @@ mk lmiss replace-layer 0 "$T/newbase.tar"
 python3 "$FX/oci-mutate.py" "$T/lmiss" v1 replace-layer 1 "$T/link-missing.tar"
                                                 case_ "hard link to a missing target" "etc/orphan-link" oci:"$T/lmiss":v1
 grep -q "layer 2/2" "$T/err" && ok "hard link error names the layer" || notok "hard link error names the layer"
+# a layer that needs more than the device: ENOSPC from the filesystem, named, nothing kept
+head -c $((80 << 20)) /dev/urandom >"$T/big.bin"
+tar --numeric-owner --owner=0 --group=0 -C "$T" -cf "$T/full.tar" big.bin
+mk full replace-layer 1 "$T/full.tar" none;     case_ "layer larger than the device" "layer 2/2 (sha256:[0-9a-f]*): entry big.bin" oci:"$T/full":v1 --size 64M
+rm -f "$T/big.bin" "$T/full.tar"; rm -rf "$T/full"
 rm -rf "$T/missing"; cp -a "$T/good" "$T/missing"
 python3 - "$T/missing" <<'EOF'
 import json, os, sys
