@@ -5,10 +5,14 @@
  * descriptors and superblock written), so the close path sees every state the applier leaves.
  *
  * The store lives in a private temp directory made on the first input and removed at exit; the
- * base layer is built once, each input gets a fresh scratch device over it. */
+ * base layer is built once, each input gets a fresh scratch device over it.
+ *
+ * With OCIBLK_FUZZ_FSCK=1 every accepted layer is also exported and must pass e2fsck -fn (about
+ * ten times slower, but it turns "does not crash" into "always leaves a consistent filesystem"). */
 #define OCIBLK_IMAGE_IMPORT_INTERNAL
 #include "image-import/ext4_apply.h"
 
+#include <fcntl.h>
 #include <ftw.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -132,6 +136,26 @@ static void setup(void)
 	free(m.data);
 }
 
+/* Exports dev to a file and runs e2fsck -fn on it: aborts (a finding) unless clean. */
+static void fsck_device(struct cow_device *dev)
+{
+	static uint8_t buf[1 << 20];
+	char img[300], cmd[700];
+	snprintf(img, sizeof img, "%s/fsck.img", tmpdir);
+	int fd = open(img, O_CREAT | O_TRUNC | O_WRONLY, 0600);
+	if (fd < 0) abort();
+	for (uint64_t off = 0; off < FUZZ_DEV_BYTES; off += sizeof(buf)) {
+		if (cow_device_read(dev, off, buf, sizeof(buf))) abort();
+		if (pwrite(fd, buf, sizeof(buf), (off_t)off) != (ssize_t)sizeof(buf)) abort();
+	}
+	close(fd);
+	snprintf(cmd, sizeof cmd, "PATH=$PATH:/sbin:/usr/sbin e2fsck -fn %s > %s.log 2>&1", img, img);
+	if (system(cmd) != 0) {
+		fprintf(stderr, "fuzz-tar-apply: e2fsck found errors, see %s.log\n", img);
+		abort();
+	}
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	const char *chain[1] = { base_digest };
@@ -145,6 +169,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	archive_read_support_format_tar(r);
 	if (archive_read_open_memory(r, data, size) == ARCHIVE_OK && ext4_apply_tar(fs, r, "fuzz") == 0) {
 		if (ext4_apply_close(fs)) abort(); /* closing a filesystem the applier accepted must work */
+		if (getenv("OCIBLK_FUZZ_FSCK")) fsck_device(dev);
 	} else {
 		ext4_apply_abort(fs);
 	}
