@@ -739,8 +739,11 @@ int image_import(struct layer_store *store, const struct image_import_options *o
 		}
 	}
 
+	struct timespec t_resolved, t_verified, t_built;
+	clock_gettime(CLOCK_MONOTONIC, &t_resolved);
 	/* 2. verify every blob before anything is written */
 	if ((r = verify_layers(&im)) < 0) goto out;
+	clock_gettime(CLOCK_MONOTONIC, &t_verified);
 	for (uint32_t i = 0; i < im.layer_count; i++) result->bytes_read += im.layers[i].desc.size_bytes;
 
 	/* 3. build, 4. publish */
@@ -748,6 +751,9 @@ int image_import(struct layer_store *store, const struct image_import_options *o
 	locked = true;
 	uint32_t reused = 0;
 	if ((r = build_layers(&im, &reused)) < 0) goto out;
+	clock_gettime(CLOCK_MONOTONIC, &t_built);
+	log_debug("import %s: verify %.2fs, build %.2fs (%u of %u layers shared)", im.name,
+		  ts_seconds(&t_resolved, &t_verified), ts_seconds(&t_verified, &t_built), reused, im.layer_count);
 	for (uint32_t i = reused; i < im.layer_count; i++) {
 		if ((r = layer_store_chain_put(store, im.layers[i].chain_key, im.layers[i].layer_digest)) < 0) {
 			log_error(r, "import %s: record chain id %s: %s", im.name, im.layers[i].chain_id, strerror(-r));

@@ -8,8 +8,9 @@
  * config's rootfs.diff_ids before anything reaches the store.  Each tar layer is applied through
  * libext2fs to the ext4 filesystem on the cow/ device formed by the layers below it; the blocks
  * it changes become the layer's block layer, stored under the layer's OCI chain id so that images
- * sharing base layers share block layers.  Bad input leaves the store exactly as it was (an
- * interrupted import leaves only temp files, which gc removes). */
+ * sharing base layers share block layers.  Bad input leaves the store exactly as it was; an
+ * import killed midway leaves only temp files and unreferenced layer files, which gc removes
+ * (records are written last, so no record ever names a half-imported image). */
 #ifndef OCIBLK_IMAGE_IMPORT_H
 #define OCIBLK_IMAGE_IMPORT_H
 
@@ -37,6 +38,23 @@ struct image_import_result {
 	char top_layer[SHA256_DIGEST_STRLEN];
 };
 
+/* Imports one image.  Which one: the entry of index.json tagged TAG (annotation
+ * org.opencontainers.image.ref.name), or the only entry; an image index (also nested, also the
+ * Docker manifest list) picks opts->platform, else the host's.  For docker-archive, the image
+ * whose RepoTags holds NAME:TAG (Docker's normalisation: "alpine:3" finds
+ * "docker.io/library/alpine:3"), or the only one.
+ * Name of the record, when opts->image_name is NULL: a TAG that is a full reference ("a/b:c"),
+ * else "<basename of DIR or FILE without .tar>:<TAG>", else the basename; docker-archive: the
+ * RepoTags entry.  An existing record of that name is replaced.
+ * Sharing: a chain-id record maps the OCI chain id (at the default size; at another size, a key
+ * derived from chain id and size, since the filesystem differs) to the layer holding it.
+ * Determinism: the ext4 UUID and hash seed are derived from the bottom layer's chain id and the
+ * invented timestamps are 0, so a chain's block layers are byte-identical whichever image or
+ * machine brought them.  The record's extra_json holds source, manifest_digest (OCI sources),
+ * config_digest, platform, created, layer_blobs, diff_ids and chain_ids.
+ * Holds the store lock while it builds and publishes (verification runs before, unlocked).
+ * Returns 0 or -errno; every error is logged once, naming the image, the layer ("layer 2/5
+ * (sha256:...)") and, for tar problems, the entry. */
 int image_import(struct layer_store *store, const struct image_import_options *opts,
 		 struct image_import_result *result);
 
