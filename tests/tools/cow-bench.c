@@ -11,7 +11,8 @@
  *   the merged index memory per GiB of device (cow_device_get_stats index_bytes);
  *   and, for the asynchronous API, random reads and upper overwrites through a cow_queue kept at
  *   32 requests in flight (throughput compared with the QD1 rows: 1e6 / mean QD1 latency).
- * It prints one table; every ratio compares numbers measured in this same run.  Not a test: it
+ * It prints one table; every ratio compares numbers measured in this same run, and rows that are
+ * compared run interleaved in rounds so that outside load hits both sides alike.  Not a test: it
  * asserts nothing about speed, it only fails when an operation fails. */
 #include "common/log.h"
 #include "cow/cow.h"
@@ -30,6 +31,7 @@
 #define CHUNK_BLOCKS 16u
 #define DEEP_LAYERS 64u
 #define QD 32u
+#define ROUNDS 10u
 
 static uint64_t rng = 0x9e3779b97f4a7c15ull;
 static uint64_t rnd(void)
@@ -292,20 +294,35 @@ int main(int argc, char **argv)
 	cow_device_get_stats(d1, &s1);
 	cow_device_get_stats(d64, &s64);
 
+	/* Rows that are compared with each other run interleaved, in ROUNDS rounds, so that load
+	 * from other processes on a shared machine falls on both sides of a ratio alike. */
+	unsigned nread = ops * 2 / ROUNDS * ROUNDS, rper = nread / ROUNDS;
+	unsigned wper = ops / ROUNDS, sper = sync_ops / ROUNDS;
+	ops = wper * ROUNDS;
+	sync_ops = sper * ROUNDS;
+	double *lat = calloc(nread, sizeof *lat), *lat2 = calloc(nread, sizeof *lat), *lat3 = calloc(nread, sizeof *lat);
+	if (!lat || !lat2 || !lat3) DIE("out of memory");
+
 	/* --- reads --------------------------------------------------------------------------------- */
-	unsigned nread = ops * 2;
-	double *lat = calloc(nread > ops ? nread : ops, sizeof *lat);
-	if (!lat) DIE("out of memory");
 	/* warm the page cache for all three so every row measures the same thing: the CPU path */
 	bench_reads(d1, -1, blocks, nread / 4, lat);
 	bench_reads(d64, -1, blocks, nread / 4, lat);
 	bench_reads(NULL, pfd, blocks, nread / 4, lat);
-	struct result r_plain = bench_reads(NULL, pfd, blocks, nread, lat);
-	struct result r1 = bench_reads(d1, -1, blocks, nread, lat);
-	struct result r64 = bench_reads(d64, -1, blocks, nread, lat);
-	double iops_r1q, iops_r64q;
-	struct result r1q = bench_queue(d1, COW_OP_READ, blocks, NULL, nread, QD, lat, &iops_r1q);
-	struct result r64q = bench_queue(d64, COW_OP_READ, blocks, NULL, nread, QD, lat, &iops_r64q);
+	double q1_s = 0, q64_s = 0, iops;
+	for (unsigned r = 0; r < ROUNDS; r++) {
+		bench_reads(NULL, pfd, blocks, rper, lat + r * rper);
+		bench_reads(d1, -1, blocks, rper, lat2 + r * rper);
+		bench_reads(d64, -1, blocks, rper, lat3 + r * rper);
+	}
+	struct result r_plain = summarize(lat, nread), r1 = summarize(lat2, nread), r64 = summarize(lat3, nread);
+	for (unsigned r = 0; r < ROUNDS; r++) {
+		bench_queue(d1, COW_OP_READ, blocks, NULL, rper, QD, lat2 + r * rper, &iops);
+		q1_s += rper / iops;
+		bench_queue(d64, COW_OP_READ, blocks, NULL, rper, QD, lat3 + r * rper, &iops);
+		q64_s += rper / iops;
+	}
+	struct result r1q = summarize(lat2, nread), r64q = summarize(lat3, nread);
+	double iops_r1q = nread / q1_s, iops_r64q = nread / q64_s;
 	cow_device_close(d64);
 	cow_device_close(d1);
 
@@ -332,25 +349,37 @@ int main(int argc, char **argv)
 	snprintf(fresh, sizeof fresh, "%s/fresh.dat", dir);
 	int ffd = open(fresh, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
 	if (ffd < 0 || ftruncate(ffd, (off_t)size) < 0) DIE("create %s: %s", fresh, strerror(errno));
-	struct result w_plain_new = bench_writes(W_PLAIN, NULL, ffd, first_nf, ops, BLK, false, lat);
-	struct result w_plain_over = bench_writes(W_PLAIN, NULL, ffd, first_nf, ops, BLK, false, lat);
-	struct result w_plain_new_f = bench_writes(W_PLAIN, NULL, ffd, first_f, sync_ops, BLK, true, lat);
-	struct result w_plain_over_f = bench_writes(W_PLAIN, NULL, ffd, first_nf, sync_ops, BLK, true, lat);
-	close(ffd);
 
 	cow_device_get_stats(dw, &before);
-	struct result w_first = bench_writes(W_COW, dw, -1, first_nf, ops, BLK, false, lat);
+	for (unsigned r = 0; r < ROUNDS; r++) {
+		bench_writes(W_PLAIN, NULL, ffd, first_nf + r * wper, wper, BLK, false, lat + r * wper);
+		bench_writes(W_COW, dw, -1, first_nf + r * wper, wper, BLK, false, lat2 + r * wper);
+	}
+	struct result w_plain_new = summarize(lat, ops), w_first = summarize(lat2, ops);
 	cow_device_get_stats(dw, &after);
 	uint64_t copyups_full = after.copy_ups - before.copy_ups;
 	before = after;
 	struct result w_partial = bench_writes(W_COW, dw, -1, partial, ops, 512, false, lat);
 	cow_device_get_stats(dw, &after);
 	uint64_t copyups_partial = after.copy_ups - before.copy_ups;
-	struct result w_over = bench_writes(W_COW, dw, -1, first_nf, ops, BLK, false, lat);
+	for (unsigned r = 0; r < ROUNDS; r++) {
+		bench_writes(W_PLAIN, NULL, ffd, first_nf + r * wper, wper, BLK, false, lat + r * wper);
+		bench_writes(W_COW, dw, -1, first_nf + r * wper, wper, BLK, false, lat2 + r * wper);
+	}
+	struct result w_plain_over = summarize(lat, ops), w_over = summarize(lat2, ops);
 	double iops_wq;
 	struct result w_over_q = bench_queue(dw, COW_OP_WRITE, blocks, first_nf, ops, QD, lat, &iops_wq);
-	struct result w_first_f = bench_writes(W_COW, dw, -1, first_f, sync_ops, BLK, true, lat);
-	struct result w_over_f = bench_writes(W_COW, dw, -1, first_nf, sync_ops, BLK, true, lat);
+	for (unsigned r = 0; r < ROUNDS; r++) {
+		bench_writes(W_PLAIN, NULL, ffd, first_f + r * sper, sper, BLK, true, lat + r * sper);
+		bench_writes(W_COW, dw, -1, first_f + r * sper, sper, BLK, true, lat2 + r * sper);
+	}
+	struct result w_plain_new_f = summarize(lat, sync_ops), w_first_f = summarize(lat2, sync_ops);
+	for (unsigned r = 0; r < ROUNDS; r++) {
+		bench_writes(W_PLAIN, NULL, ffd, first_nf + r * sper, sper, BLK, true, lat + r * sper);
+		bench_writes(W_COW, dw, -1, first_nf + r * sper, sper, BLK, true, lat2 + r * sper);
+	}
+	struct result w_plain_over_f = summarize(lat, sync_ops), w_over_f = summarize(lat2, sync_ops);
+	close(ffd);
 	cow_device_get_stats(dw, &after);
 	cow_device_close(dw);
 	close(pfd);
@@ -390,6 +419,8 @@ int main(int argc, char **argv)
 	       (unsigned long long)after.upper_blocks);
 	free(perm);
 	free(lat);
+	free(lat2);
+	free(lat3);
 	layer_store_close(st);
 	return 0;
 }
