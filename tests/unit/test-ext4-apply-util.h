@@ -51,17 +51,19 @@ static la_ssize_t tarbuf_write_cb(struct archive *a, void *priv, const void *buf
 	return (la_ssize_t)n;
 }
 
-static inline void tar_begin(struct tarbuf *t)
+static inline void tar_begin_format(struct tarbuf *t, int (*set_format)(struct archive *))
 {
 	memset(t, 0, sizeof(*t));
 	t->w = archive_write_new();
-	archive_write_set_format_pax(t->w);
+	set_format(t->w);
 	archive_write_set_bytes_per_block(t->w, 0);
 	if (archive_write_open(t->w, t, NULL, tarbuf_write_cb, NULL) != ARCHIVE_OK) {
 		tap_diag("archive_write_open: %s", archive_error_string(t->w));
 		exit(1);
 	}
 }
+
+static inline void tar_begin(struct tarbuf *t) { tar_begin_format(t, archive_write_set_format_pax); }
 
 static inline void tar_end(struct tarbuf *t)
 {

@@ -245,6 +245,15 @@ static void test_errors(struct layer_store *s)
 	TAP_IS(apply_expect_error(s, &base, &t, "root symlink"), -EINVAL, "the root cannot become a symlink");
 	tar_free(&t);
 
+	static char bigval[5001];
+	memset(bigval, 'v', 5000);
+	const char *big_xattr[] = { "user.big", bigval, NULL };
+	tar_begin(&t);
+	tar_add(&t, &(struct tar_spec){ .path = "x", .data = "x", .len = 1, .xattrs = big_xattr });
+	tar_end(&t);
+	TAP_IS(apply_expect_error(s, NULL, &t, "big xattr"), -E2BIG, "an xattr value over the limit is refused");
+	tar_free(&t);
+
 	/* 300 MB of incompressible data on a 256 MiB device */
 	tar_begin(&t);
 	for (int i = 0; i < 1000; i++) {
@@ -266,6 +275,41 @@ static void test_errors(struct layer_store *s)
 	TAP_OK(apply_expect_error(s, NULL, &t, "garbage") < 0, "a corrupt tar is an error");
 	tar_free(&t);
 	tar_free(&base);
+}
+
+/* GNU tar (././@LongLink names) and pax long names and link targets. */
+static void test_long_names(struct layer_store *s)
+{
+	const char *none[1] = { NULL };
+	char longdir[300], longfile[400], longlink[400], img[1024], buf[512];
+	struct cow_device *d;
+	struct tarbuf t;
+
+	memset(longdir, 'd', 200);
+	longdir[200] = '\0';
+	snprintf(longfile, sizeof longfile, "%s/%s", longdir, "a-file-name-that-makes-the-path-longer-than-ustar-allows");
+	snprintf(longlink, sizeof longlink, "%s/hard", longdir);
+	tar_begin_format(&t, archive_write_set_format_gnutar);
+	tar_add(&t, &(struct tar_spec){ .path = longfile, .data = "gnu", .len = 3 });
+	tar_add(&t, &(struct tar_spec){ .path = longlink, .hardlink = longfile });
+	tar_add(&t, &(struct tar_spec){ .path = "sym", .type = AE_IFLNK, .link = longfile });
+	tar_end(&t);
+	snprintf(img, sizeof img, "%s/gnu.img", tap_tmpdir());
+	int r = cow_device_open_scratch(s, none, 0, DEV_BYTES, &d);
+	if (!r) r = apply_layer(d, &t, true, "gnu layer");
+	TAP_IS(r, 0, "GNU tar with long names, long hard link and symlink targets");
+	if (!r) r = export_raw(d, img);
+	cow_device_close(d);
+	tar_free(&t);
+	ext2_filsys fs = r ? NULL : check_open(img);
+	TAP_OK(fs != NULL, "GNU layer image opens");
+	if (!fs) return;
+	TAP_IS(check_read(fs, longfile, buf, sizeof buf), 3, "long name file readable");
+	TAP_IS(check_lookup(fs, longlink), check_lookup(fs, longfile), "long hard link");
+	TAP_IS(check_symlink(fs, "sym", buf, sizeof buf), 0, "long symlink");
+	TAP_OK(!strcmp(buf, longfile), "long symlink target");
+	ext2fs_close(fs);
+	TAP_IS(run_e2fsck(img), 0, "GNU layer e2fsck clean");
 }
 
 static int apply_both(struct layer_store *s, struct tarbuf *l1, struct tarbuf *l2, char d1[SHA256_DIGEST_STRLEN],
@@ -332,6 +376,7 @@ int main(void)
 	TAP_OK(!strcmp(d1, e1) && !strcmp(d2, e2), "deterministic: identical layer digests (%s)", d2);
 
 	test_errors(s1);
+	test_long_names(s1);
 
 	tar_free(&l1);
 	tar_free(&l2);
