@@ -202,7 +202,10 @@ static void slot_free(struct bb_queue *q, struct bb_slot *s)
 static void finish(struct bb_slot *s, int16_t status)
 {
 	struct bb_queue *q = s->q;
-	make_response(q, s->req.id, s->req.operation, status);
+	/* As Linux blkback: an indirect request is answered with its indirect_op, which is what
+	 * Linux blkfront checks a response's operation against. */
+	uint8_t op = s->req.operation == BLKIF_OP_INDIRECT ? s->req.indirect_op : s->req.operation;
+	make_response(q, s->req.id, op, status);
 	if (s->barrier) q->ordered = false;
 	slot_free(q, s);
 }

@@ -77,6 +77,7 @@ struct slot {
 	unsigned ngrants;
 	bool check_read;
 	int expect;           /* expected status */
+	uint8_t rsp_op;       /* expected response operation (indirect: the indirect_op) */
 	struct timespec t0;
 };
 
@@ -492,6 +493,7 @@ static void submit_lreq(struct fe *f, struct fq *q, struct slot *s, const struct
 {
 	s->busy = true;
 	s->expect = expect;
+	s->rsp_op = r->indirect || r->op == BLKIF_OP_INDIRECT ? r->indirect_op : r->op;
 	s->t0.tv_sec = 0;
 	clock_gettime(CLOCK_MONOTONIC, &s->t0);
 	q->inflight++;
@@ -532,6 +534,12 @@ static unsigned reap(struct fe *f, struct fq *q)
 				struct timespec t;
 				clock_gettime(CLOCK_MONOTONIC, &t);
 				f->lat_ns[f->nlat++] = (uint64_t)(t.tv_sec - s->t0.tv_sec) * 1000000000ull + (uint64_t)(t.tv_nsec - s->t0.tv_nsec);
+			}
+			uint8_t rop = slot[8];
+			if (rop != s->rsp_op) {
+				f->errors++;
+				fprintf(stderr, "blkfront-sim: response has operation %u, expected %u (as Linux blkfront checks)\n", rop,
+					s->rsp_op);
 			}
 			if (status != s->expect) {
 				f->errors++;
