@@ -48,18 +48,18 @@ run_check() {
 
 "$FE" pattern "$T/base.img" 8388608 || { echo "1..1"; echo "not ok 1 - pattern"; exit 1; }
 "$OCIBLK" layer add-raw "$T/base.img" --name base >/dev/null 2>"$T/err" || { echo "1..1"; echo "not ok 1 - add-raw"; diag "$T/err"; exit 1; }
-for c in c1 c2 c3 c4 c5 c7 c8 c9 c10 c11; do "$OCIBLK" create base $c >/dev/null; done
+for c in c1 c2 c3 c4 c5 c7 c8 c9 c10 c11 c13 c14; do "$OCIBLK" create base $c >/dev/null; done
 
 "$OCIBLK" xen-sim "$T/sim.sock" 2>"$T/sim.log" & PIDS="$PIDS $!"
 # the socket file exists before it listens: wait until a client gets an answer
 for _ in $(seq 200); do "$FE" xs-read /local/domain/0 >/dev/null 2>&1 && break; sleep 0.05; done
 OCIBLK_LOG=info "$OCIBLK" xen-backend 2>"$T/be.log" & BE=$!; PIDS="$PIDS $BE"
-OCIBLK_LOG=info "$OCIBLK" xen-backend --type ocimap --grant-map 2>"$T/bemap.log" & BEMAP=$!; PIDS="$PIDS $BEMAP"
+OCIBLK_LOG=info "$OCIBLK" xen-backend --type ocimap --grant-map --vbd 2>"$T/bemap.log" & BEMAP=$!; PIDS="$PIDS $BEMAP"
 if ! wait_grep "serving backend type ociblk" "$T/be.log" || ! wait_grep "serving backend type ocimap" "$T/bemap.log"; then
 	echo "Bail out! backend daemons did not start"; diag "$T/be.log" "$T/bemap.log"; exit 1
 fi
 
-echo "1..43"
+echo "1..49"
 run_check "native abi, 1 queue, 1-page ring, no persistent/indirect" 1 c1 ociblk -- --ops 1500 --qd 8
 run_check "x86_32-abi, 4 queues, 4-page rings, persistent, indirect, QD32, 2 reconnects" 2 c2 ociblk -- \
 	--abi x86_32 --queues 4 --order 2 --persistent --indirect --qd 32 --ops 2000 --reconnect 2
@@ -114,6 +114,21 @@ if "$OCIBLK" xen-detach 11 xvda --timeout 2000 2>"$T/err"; then ok "xen-detach";
 	&& ok "detach removed backend and frontend nodes" || notok "detach removed nodes"
 run_check "after detach the container attaches again" 11 c11 ociblk -- --ops 300
 
+# disks xl writes under backend/vbd (backendtype=phy), served when asked with --vbd
+run_check "backend/vbd served by the daemon started with --vbd (grant map)" 13 c13 vbd -- --ops 300
+
+# the daemon itself restarts: a new one re-serves a live device and resumes its rings
+"$OCIBLK" xen-attach 14 xvda c14 >/dev/null
+"$FE" --domid 14 --vdev 51712 --persistent --indirect --qd 8 --ops 800 --pause "$T/go14" check >"$T/fe.14" 2>&1 & FEP=$!
+if wait_grep "^# connected" "$T/fe.14"; then ok "daemon restart: frontend connected"; else notok "daemon restart: frontend connected"; diag "$T/fe.14"; fi
+kill $BE; wait $BE 2>/dev/null
+OCIBLK_LOG=info "$OCIBLK" xen-backend 2>"$T/be2.log" & BE=$!; PIDS="$PIDS $BE"
+if wait_grep "ociblk/14/51712: connected" "$T/be2.log"; then ok "new daemon re-served the device and reconnected its rings"
+else notok "new daemon re-served the device"; diag "$T/be2.log"; fi
+touch "$T/go14"
+if wait "$FEP" && grep -q "^result: ok" "$T/fe.14"; then ok "daemon restart: the frontend's I/O all checked out"; else notok "daemon restart: frontend I/O"; diag "$T/fe.14"; fi
+wait_gone $BE0/ociblk/14/51712/state && ok "daemon restart: cleaned up" || notok "daemon restart: cleaned up"
+
 # toolstack usage
 "$OCIBLK" xen-attach 0 xvda c1 >/dev/null 2>&1; [ $? = 2 ] && ok "attach to domain 0: usage error" || notok "attach to domain 0: usage error"
 "$OCIBLK" xen-attach 12 xvda nosuch >/dev/null 2>&1; [ $? = 1 ] && ok "attach of an unknown disk fails" || notok "attach of an unknown disk fails"
@@ -121,7 +136,7 @@ run_check "after detach the container attaches again" 11 c11 ociblk -- --ops 300
 	&& ok "attaching the same vdev twice fails" || notok "attaching the same vdev twice fails"
 "$OCIBLK" xen-detach 12 xvdb --timeout 0 >/dev/null 2>&1
 
-if grep -E "killed by signal|exited with" "$T/be.log" "$T/bemap.log" | grep -v "ociblk/9/51712 killed by signal 9" >"$T/crashes"; then
+if grep -E "killed by signal|exited with" "$T/be.log" "$T/be2.log" "$T/bemap.log" | grep -v "ociblk/9/51712 killed by signal 9" >"$T/crashes"; then
 	notok "no device process crashed"; diag "$T/crashes"
 else ok "no device process crashed"; fi
 kill -0 $BE && kill -0 $BEMAP && ok "backend daemons alive" || notok "backend daemons alive"
