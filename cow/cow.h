@@ -125,7 +125,9 @@ int cow_queue_submit(struct cow_queue *q, struct cow_request *req);
 /* Reaps completions and calls their callbacks.  min_complete > 0 blocks until at least that many
  * callbacks ran (or nothing is in flight).  Returns the number of callbacks run or -errno. */
 int cow_queue_poll(struct cow_queue *q, unsigned min_complete);
-/* An eventfd that becomes readable when cow_queue_poll has work; for epoll loops. */
+/* An eventfd that becomes readable when cow_queue_poll has work; for epoll loops.
+ * (A thread must not call the synchronous API on a range that a request of its own queue still
+ * has in flight: the synchronous call would wait for a completion only that thread can reap.) */
 int cow_queue_event_fd(const struct cow_queue *q);
 unsigned cow_queue_in_flight(const struct cow_queue *q);
 

@@ -113,8 +113,10 @@ struct cow_chunk_cache {
 		uint64_t stamp;
 		bool valid;
 	} slot[COW_CHUNK_CACHE_SLOTS];
-	uint8_t *data[COW_CHUNK_CACHE_SLOTS]; /* LAYER_CHUNK_BLOCKS_MAX blocks each */
+	uint8_t *data[COW_CHUNK_CACHE_SLOTS]; /* decoded chunks */
+	size_t cap[COW_CHUNK_CACHE_SLOTS];
 	uint8_t *stored;                      /* raw chunk buffer */
+	size_t stored_cap;
 	uint8_t *block;                       /* one block for read-modify-write */
 	uint64_t clock;
 };
@@ -125,6 +127,8 @@ const uint8_t *cow_chunk_lookup(const struct cow_device *dev, struct cow_chunk_c
 				uint64_t extent);
 /* A slot to decode into (invalidated until published). */
 unsigned cow_chunk_claim(struct cow_chunk_cache *c);
+/* Makes slot hold at least bytes. */
+int cow_chunk_reserve(struct cow_chunk_cache *c, unsigned slot, size_t bytes);
 const uint8_t *cow_chunk_publish(const struct cow_device *dev, struct cow_chunk_cache *c, unsigned slot,
 				 uint32_t layer, uint64_t extent);
 /* -EIO (logged) unless extent is a DATA extent of a sane size. */

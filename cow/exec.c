@@ -151,15 +151,19 @@ static int iovc_pwrite(struct iovc *c, int fd, size_t len, uint64_t off)
 
 #define CHUNK_BYTES ((size_t)LAYER_CHUNK_BLOCKS_MAX * COW_BLOCK_SIZE)
 #define STORED_BYTES (CHUNK_BYTES + 65536)
+#define INITIAL_CHUNK_BYTES ((size_t)LAYER_CHUNK_BLOCKS_DEFAULT * COW_BLOCK_SIZE)
 
 int cow_chunk_cache_init(struct cow_chunk_cache *c)
 {
+	/* sized for the default chunk; grown (rarely, once) by cow_chunk_reserve for bigger ones */
 	memset(c, 0, sizeof *c);
 	for (unsigned i = 0; i < COW_CHUNK_CACHE_SLOTS; i++) {
-		c->data[i] = malloc(CHUNK_BYTES);
+		c->data[i] = malloc(INITIAL_CHUNK_BYTES);
 		if (!c->data[i]) goto oom;
+		c->cap[i] = INITIAL_CHUNK_BYTES;
 	}
-	c->stored = malloc(STORED_BYTES);
+	c->stored = malloc(INITIAL_CHUNK_BYTES);
+	c->stored_cap = INITIAL_CHUNK_BYTES;
 	c->block = malloc(COW_BLOCK_SIZE);
 	if (!c->stored || !c->block) goto oom;
 	return 0;
@@ -178,6 +182,21 @@ void cow_chunk_cache_free(struct cow_chunk_cache *c)
 	c->stored = NULL;
 	free(c->block);
 	c->block = NULL;
+}
+
+static int grow(uint8_t **p, size_t *cap, size_t need)
+{
+	if (need <= *cap) return 0;
+	uint8_t *n = realloc(*p, need);
+	if (!n) return log_error(-ENOMEM, "chunk cache: out of memory");
+	*p = n;
+	*cap = need;
+	return 0;
+}
+
+int cow_chunk_reserve(struct cow_chunk_cache *c, unsigned slot, size_t bytes)
+{
+	return grow(&c->data[slot], &c->cap[slot], bytes);
 }
 
 const uint8_t *cow_chunk_lookup(const struct cow_device *dev, struct cow_chunk_cache *c, uint32_t layer,
@@ -235,7 +254,8 @@ int cow_chunk_get(struct cow_device *dev, struct cow_chunk_cache *c, uint32_t la
 	uint64_t n;
 	const struct layer_extent *ext = layer_get_extents(dev->layers[layer], &n);
 	unsigned victim = cow_chunk_claim(c);
-	if (ext[extent].stored_bytes <= STORED_BYTES) {
+	if ((r = cow_chunk_reserve(c, victim, (size_t)ext[extent].block_count * COW_BLOCK_SIZE))) return r;
+	if (ext[extent].stored_bytes <= STORED_BYTES && !grow(&c->stored, &c->stored_cap, ext[extent].stored_bytes)) {
 		int fd = layer_get_fd(dev->layers[layer]);
 		size_t len = ext[extent].stored_bytes, done = 0;
 		while (done < len) {

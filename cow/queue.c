@@ -211,7 +211,7 @@ static void start_fsync(struct cow_ctx *c)
 		push_done(c, r);
 		return;
 	}
-	io_uring_prep_fsync(sqe, q->dev->data_fd, 0);
+	io_uring_prep_fsync(sqe, q->dev->data_fd, IORING_FSYNC_DATASYNC);
 	io_uring_sqe_set_data(sqe, c);
 	c->stage = STAGE_FSYNC;
 	io_uring_submit(&q->ring);
@@ -327,8 +327,10 @@ static void lower_io_done(struct cow_ctx *c, int res)
 			      (unsigned long long)c->io_extent);
 	else {
 		unsigned slot = cow_chunk_claim(&q->cache);
-		r = layer_decode_extent(dev->layers[c->io_layer], c->io_extent,
-					q->pool + (size_t)c->buf * q->pool_buf_bytes, q->cache.data[slot]);
+		r = cow_chunk_reserve(&q->cache, slot, (size_t)x->block_count * COW_BLOCK_SIZE);
+		if (!r)
+			r = layer_decode_extent(dev->layers[c->io_layer], c->io_extent,
+						q->pool + (size_t)c->buf * q->pool_buf_bytes, q->cache.data[slot]);
 		if (!r) cow_chunk_publish(dev, &q->cache, slot, c->io_layer, c->io_extent);
 	}
 	q->pool_free[q->pool_free_n++] = c->buf;
