@@ -856,14 +856,14 @@ static pthread_once_t error_table_once = PTHREAD_ONCE_INIT;
 
 static void error_table_init(void) { initialize_ext2_error_table(); }
 
-static struct ext4_apply *apply_new(struct cow_device *dev, const struct ext4_params *params)
+static struct ext4_apply *apply_new(struct cow_device *dev, const struct ext4_params *params, const char *label)
 {
 	pthread_once(&error_table_once, error_table_init); /* libext2fs messages for error_message() */
 	struct ext4_apply *a = calloc(1, sizeof(*a));
 	if (!a) return NULL;
 	a->dev = dev;
 	a->params = *params;
-	a->label = "";
+	a->label = a->fs_label = label;
 	return a;
 }
 
@@ -930,7 +930,8 @@ static int mkfs_layout(struct ext4_apply *a)
 	return ext4_write_inode(a, EXT2_JOURNAL_INO, &jin);
 }
 
-int ext4_apply_mkfs(struct cow_device *dev, const struct ext4_params *params, struct ext4_apply **out)
+int ext4_apply_mkfs(struct cow_device *dev, const struct ext4_params *params, const char *label,
+		    struct ext4_apply **out)
 {
 	struct ext2_super_block param;
 	uint64_t size = cow_device_size_bytes(dev);
@@ -940,13 +941,14 @@ int ext4_apply_mkfs(struct cow_device *dev, const struct ext4_params *params, st
 	int r;
 
 	*out = NULL;
+	if (!label || !*label) label = "ext4";
 	if (size < EXT4_MKFS_MIN_BYTES)
-		return log_error(-EINVAL, "mkfs: device of %llu bytes is too small (minimum %llu)",
+		return log_error(-EINVAL, "%s: mkfs: device of %llu bytes is too small (minimum %llu)", label,
 				 (unsigned long long)size, (unsigned long long)EXT4_MKFS_MIN_BYTES);
 	if (blocks > 0xffffffffull * 16) /* far beyond LAYER_VIRTUAL_SIZE_MAX anyway */
-		return log_error(-EINVAL, "mkfs: device too large");
-	a = apply_new(dev, params);
-	if (!a) return log_error(-ENOMEM, "mkfs: out of memory");
+		return log_error(-EINVAL, "%s: mkfs: device too large", label);
+	a = apply_new(dev, params, label);
+	if (!a) return log_error(-ENOMEM, "%s: mkfs: out of memory", label);
 
 	memset(&param, 0, sizeof(param));
 	ext2fs_blocks_count_set(&param, blocks);
@@ -1007,13 +1009,15 @@ fail:
 	return r;
 }
 
-int ext4_apply_open(struct cow_device *dev, const struct ext4_params *params, struct ext4_apply **out)
+int ext4_apply_open(struct cow_device *dev, const struct ext4_params *params, const char *label,
+		    struct ext4_apply **out)
 {
-	struct ext4_apply *a = apply_new(dev, params);
+	if (!label || !*label) label = "ext4";
+	struct ext4_apply *a = apply_new(dev, params, label);
 	errcode_t err;
 
 	*out = NULL;
-	if (!a) return log_error(-ENOMEM, "open filesystem: out of memory");
+	if (!a) return log_error(-ENOMEM, "%s: open filesystem: out of memory", label);
 	ext4_io_bind(dev);
 	err = ext2fs_open2("cow", NULL, EXT2_FLAG_RW | EXT2_FLAG_64BITS, 0, 0, ext4_io_manager, &a->fs);
 	if (err) {
@@ -1024,15 +1028,15 @@ int ext4_apply_open(struct cow_device *dev, const struct ext4_params *params, st
 	}
 	a->fs->now = params->timestamp_unix ? (time_t)params->timestamp_unix : 1;
 	if (ext2fs_blocks_count(a->fs->super) * (uint64_t)a->fs->blocksize > cow_device_size_bytes(dev)) {
-		int r = log_error(-EINVAL, "open filesystem: it is larger (%llu blocks) than the device (%llu bytes)",
-				  (unsigned long long)ext2fs_blocks_count(a->fs->super),
+		int r = log_error(-EINVAL, "%s: open filesystem: it is larger (%llu blocks) than the device (%llu bytes)",
+				  label, (unsigned long long)ext2fs_blocks_count(a->fs->super),
 				  (unsigned long long)cow_device_size_bytes(dev));
 		ext4_apply_abort(a);
 		return r;
 	}
 	err = ext2fs_read_bitmaps(a->fs);
 	if (err) {
-		int r = ext4_fail(a, err, "read bitmaps");
+		int r = ext4_fail(a, err, "open filesystem: read bitmaps");
 		ext4_apply_abort(a);
 		return r;
 	}
@@ -1046,7 +1050,7 @@ int ext4_apply_close(struct ext4_apply *a)
 	int r = 0;
 
 	if (!a) return 0;
-	a->label = "";
+	a->label = a->fs_label;
 	a->entry = NULL;
 	a->fs->super->s_wtime = (__u32)a->params.timestamp_unix;
 	a->fs->super->s_state |= EXT2_VALID_FS;
@@ -1061,7 +1065,7 @@ int ext4_apply_close(struct ext4_apply *a)
 	a->fs = NULL;
 	if (!r) {
 		r = cow_device_flush(a->dev);
-		if (r) log_error(r, "close filesystem: flush device: %s", strerror(-r));
+		if (r) log_error(r, "%s: close filesystem: flush device: %s", a->fs_label, strerror(-r));
 	}
 	apply_free(a);
 	return r;

@@ -283,6 +283,20 @@ static errcode_t io_range(io_channel ch, unsigned long long block, int count, ui
 	return 0;
 }
 
+/* Frees the handle and every buffer it owns (all may be NULL: io_open's partial allocations). */
+static void cow_io_free(struct cow_io *io)
+{
+	if (!io) return;
+	free(io->data);
+	free(io->slot_block);
+	free(io->slot_flags);
+	free(io->next);
+	free(io->bucket);
+	free(io->stage);
+	free(io->wb_stage);
+	free(io);
+}
+
 static errcode_t io_open(const char *name, int flags, io_channel *out)
 {
 	struct cow_device *dev = bound_dev;
@@ -315,17 +329,8 @@ static errcode_t io_open(const char *name, int flags, io_channel *out)
 	*out = ch;
 	return 0;
 nomem:
-	if (io) {
-		free(io->data);
-		free(io->slot_block);
-		free(io->slot_flags);
-		free(io->next);
-		free(io->bucket);
-		free(io->stage);
-		free(io->wb_stage);
-	}
+	cow_io_free(io);
 	if (ch) free(ch->name);
-	free(io);
 	free(ch);
 	return EXT2_ET_NO_MEMORY;
 }
@@ -337,14 +342,7 @@ static errcode_t io_close(io_channel ch)
 
 	if (--ch->refcount > 0) return 0;
 	if (!io->drop_dirty) err = cache_writeback(io);
-	free(io->data);
-	free(io->slot_block);
-	free(io->slot_flags);
-	free(io->next);
-	free(io->bucket);
-	free(io->stage);
-	free(io->wb_stage);
-	free(io);
+	cow_io_free(io);
 	free(ch->name);
 	free(ch);
 	return err;

@@ -625,6 +625,6 @@ int ext4_apply_tar(struct ext4_apply *a, struct archive *tar, const char *label)
 	}
 	free(path);
 	ext4_pathset_clear(&a->upper);
-	a->label = "";
+	a->label = a->fs_label;
 	return r;
 }

@@ -51,7 +51,8 @@ struct ext4_apply {
 	struct ext4_params params;
 	struct ext4_pathset upper;
 	struct ext4_dcache dcache;
-	const char *label;   /* for messages; "" outside ext4_apply_tar */
+	const char *label;   /* for messages: ext4_apply_tar's label while it runs, else fs_label */
+	const char *fs_label; /* mkfs/open's label, kept for open, close and everything outside tar */
 	const char *entry;   /* the entry being applied, or NULL */
 };
 

@@ -571,21 +571,16 @@ static int apply_layer(struct import *im, struct cow_device *dev, uint32_t i, co
 	int r;
 	layer_label(im, i, label, sizeof(label));
 	if (im->progress) progress_start(im, "import", i, l->desc.size_bytes);
-	r = i == 0 ? ext4_apply_mkfs(dev, params, &fs) : ext4_apply_open(dev, params, &fs);
-	if (r < 0) {
-		log_error(r, "%s: open filesystem: %s", label, strerror(-r));
-		goto out;
-	}
+	/* mkfs/open/close log their own errors, named by label (logged once, at the origin). */
+	r = i == 0 ? ext4_apply_mkfs(dev, params, label, &fs) : ext4_apply_open(dev, params, label, &fs);
+	if (r < 0) goto out;
 	if ((r = layer_open_stream(im, i, label, im->progress, &ls)) < 0) goto out;
 	if ((r = ext4_apply_tar(fs, layer_stream_tar(ls), label)) < 0) goto out;
 	/* The blob could have changed since it was verified: check what was applied. */
 	if ((r = layer_stream_finish(ls, l->desc.digest, l->desc.size_bytes, l->diff_id)) < 0) goto out;
 	r = ext4_apply_close(fs);
 	fs = NULL;
-	if (r < 0) {
-		log_error(r, "%s: write filesystem: %s", label, strerror(-r));
-		goto out;
-	}
+	if (r < 0) goto out;
 	if (im->progress) progress_print(im, layer_stream_compressed_bytes(ls), true);
 out:
 	if (fs) ext4_apply_abort(fs);

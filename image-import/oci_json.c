@@ -192,18 +192,32 @@ static int check_document_media_type(const char *what, struct json_object *root,
 	return 0;
 }
 
+/* The start every OCI document parser shares: parses buf strictly, zeroes *out (out_size bytes),
+ * checks the root is an object and, unless want is OCI_KIND_UNKNOWN, that schemaVersion is 2 and a
+ * mediaType (if present) names that kind.  On success *root is the caller's to put. */
+static int parse_document(const char *what, const void *buf, size_t len, enum oci_kind want, void *out,
+			  size_t out_size, struct json_object **root)
+{
+	int r = json_parse_strict(what, buf, len, root);
+	if (r < 0) return r;
+	memset(out, 0, out_size);
+	if (!json_object_is_type(*root, json_type_object))
+		r = log_error(-EINVAL, "parse %s: not a JSON object", what);
+	else if (want != OCI_KIND_UNKNOWN && (r = check_schema_version(what, *root)) >= 0)
+		r = check_document_media_type(what, *root, want);
+	if (r < 0) {
+		json_object_put(*root);
+		*root = NULL;
+		return r;
+	}
+	return 0;
+}
+
 int oci_index_parse(const char *what, const void *buf, size_t len, struct oci_index *out)
 {
 	struct json_object *root, *arr;
-	int r = json_parse_strict(what, buf, len, &root);
+	int r = parse_document(what, buf, len, OCI_KIND_INDEX, out, sizeof(*out), &root);
 	if (r < 0) return r;
-	memset(out, 0, sizeof(*out));
-	if (!json_object_is_type(root, json_type_object)) {
-		r = log_error(-EINVAL, "parse %s: not a JSON object", what);
-		goto out;
-	}
-	if ((r = check_schema_version(what, root)) < 0) goto out;
-	if ((r = check_document_media_type(what, root, OCI_KIND_INDEX)) < 0) goto out;
 	if ((r = get_field(what, root, "manifests", json_type_array, true, &arr)) < 0) goto out;
 	size_t n = json_object_array_length(arr);
 	if (n > IMAGE_IMPORT_INDEX_ENTRIES_MAX) {
@@ -226,15 +240,8 @@ out:
 int oci_manifest_parse(const char *what, const void *buf, size_t len, struct oci_manifest *out)
 {
 	struct json_object *root, *v;
-	int r = json_parse_strict(what, buf, len, &root);
+	int r = parse_document(what, buf, len, OCI_KIND_MANIFEST, out, sizeof(*out), &root);
 	if (r < 0) return r;
-	memset(out, 0, sizeof(*out));
-	if (!json_object_is_type(root, json_type_object)) {
-		r = log_error(-EINVAL, "parse %s: not a JSON object", what);
-		goto out;
-	}
-	if ((r = check_schema_version(what, root)) < 0) goto out;
-	if ((r = check_document_media_type(what, root, OCI_KIND_MANIFEST)) < 0) goto out;
 	if ((r = get_field(what, root, "config", json_type_object, true, &v)) < 0) goto out;
 	char w[256];
 	snprintf(w, sizeof(w), "%s config", what);
@@ -264,13 +271,8 @@ out:
 int oci_config_parse(const char *what, const void *buf, size_t len, struct oci_config *out)
 {
 	struct json_object *root, *rootfs, *ids;
-	int r = json_parse_strict(what, buf, len, &root);
+	int r = parse_document(what, buf, len, OCI_KIND_UNKNOWN, out, sizeof(*out), &root);
 	if (r < 0) return r;
-	memset(out, 0, sizeof(*out));
-	if (!json_object_is_type(root, json_type_object)) {
-		r = log_error(-EINVAL, "parse %s: not a JSON object", what);
-		goto out;
-	}
 	/* os and architecture are required by the spec; old Docker configs always have them. */
 	if ((r = parse_platform(what, root, &out->platform)) < 0) goto out;
 	if ((r = get_string(what, root, "created", false, out->created, sizeof(out->created))) < 0) goto out;

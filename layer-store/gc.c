@@ -175,8 +175,10 @@ static int sweep_dir(const char *dir, int (*keep)(const char *), unsigned min_ag
 }
 
 static int any_entry(const char *n) { (void)n; return 1; }
-/* A temp of vfs_write_file_atomic: "<file>.tmp.<pid>.<n>".  Records end in ".json" (images) or
- * are 64 hex digits (chains), so a record whose name merely contains ".tmp." never matches. */
+/* A temp of vfs_write_file_atomic: "<file>.tmp.<pid>.<n>" (non-empty <file>, decimal <pid> and
+ * <n>).  Records end in ".json" (images, container config.json) or are 64 hex digits (chains), and
+ * a container's other files are "lock", "upper.data" and "upper.map", so a record whose name
+ * merely contains ".tmp." never matches. */
 static int atomic_tmp_entry(const char *n)
 {
 	size_t l = strlen(n), i = l;
@@ -189,10 +191,8 @@ static int atomic_tmp_entry(const char *n)
 		i--;
 		groups++;
 	}
-	return i >= 4 && !strncmp(n + i - 4, ".tmp", 4);
+	return i > 4 && !strncmp(n + i - 4, ".tmp", 4);
 }
-
-static int config_tmp_entry(const char *n) { return !strncmp(n, "config.json.tmp.", 16) && atomic_tmp_entry(n); }
 
 struct sweep_ctx {
 	struct layer_store *store;
@@ -200,12 +200,13 @@ struct sweep_ctx {
 	uint64_t *removed;
 };
 
-/* Temps of interrupted container record writes (cow/'s own files are never touched). */
+/* Temps of interrupted atomic writes in a container directory: config.json by the store,
+ * upper.map by cow/ (a crash during its rewrite).  The live files themselves never match. */
 static int sweep_container(const char *name, void *opaque)
 {
 	struct sweep_ctx *c = opaque;
 	char dir[OCIBLK_PATH_MAX];
-	if (!layer_store_container_dir(c->store, name, dir, sizeof dir)) sweep_dir(dir, config_tmp_entry, c->min_age, c->removed);
+	if (!layer_store_container_dir(c->store, name, dir, sizeof dir)) sweep_dir(dir, atomic_tmp_entry, c->min_age, c->removed);
 	return 0;
 }
 

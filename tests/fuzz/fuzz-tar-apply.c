@@ -127,7 +127,7 @@ static void setup(void)
 	archive_read_support_format_tar(r);
 	if (archive_read_open_memory(r, m.data, m.len) != ARCHIVE_OK) abort();
 	if (cow_device_open_scratch(store, none, 0, FUZZ_DEV_BYTES, &dev)) abort();
-	if (ext4_apply_mkfs(dev, &params, &fs)) abort();
+	if (ext4_apply_mkfs(dev, &params, "fuzz base", &fs)) abort();
 	if (ext4_apply_tar(fs, r, "fuzz base")) abort();
 	if (ext4_apply_close(fs)) abort();
 	if (cow_device_commit_layer(dev, base_digest)) abort();
@@ -164,7 +164,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 	if (!store) setup();
 	if (cow_device_open_scratch(store, chain, 1, FUZZ_DEV_BYTES, &dev)) abort();
-	if (ext4_apply_open(dev, &params, &fs)) abort();
+	if (ext4_apply_open(dev, &params, "fuzz", &fs)) abort();
 	struct archive *r = archive_read_new();
 	archive_read_support_format_tar(r);
 	if (archive_read_open_memory(r, data, size) == ARCHIVE_OK && ext4_apply_tar(fs, r, "fuzz") == 0) {

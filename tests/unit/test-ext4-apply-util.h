@@ -148,7 +148,7 @@ static inline int apply_layer(struct cow_device *dev, const struct tarbuf *t, bo
 {
 	struct ext4_params p = test_params();
 	struct ext4_apply *fs;
-	int r = mkfs ? ext4_apply_mkfs(dev, &p, &fs) : ext4_apply_open(dev, &p, &fs);
+	int r = mkfs ? ext4_apply_mkfs(dev, &p, label, &fs) : ext4_apply_open(dev, &p, label, &fs);
 	if (r) return r;
 	struct archive *rd = tar_reader(t);
 	r = rd ? ext4_apply_tar(fs, rd, label) : -EIO;

@@ -111,6 +111,22 @@ int main(void)
 	layer_store_container_dir(s, "ctr", p, sizeof p);
 	strcat(p, "/config.json.tmp.7.8");
 	touch_old(p, 7200);
+	/* cow/ crashed while rewriting upper.map (vfs_write_file_atomic's temp), long ago and just now. */
+	char cdir[1024];
+	layer_store_container_dir(s, "ctr", cdir, sizeof cdir);
+	snprintf(p, sizeof p, "%s/upper.map.tmp.%d.9", cdir, (int)getpid());
+	touch_old(p, 7200);
+	snprintf(p, sizeof p, "%s/upper.map.tmp.%d.10", cdir, (int)getpid());
+	touch_old(p, 0);
+	/* Names that are not "<file>.tmp.<pid>.<n>", and the container's own files, all old: kept. */
+	static const char *const not_temps[] = { "upper.map.tmp.7", "upper.map.tmp.x.1", "upper.map.tmp.1.", ".tmp.1.2",
+						 "upper.maptmp.1.2", "config.json", "lock" };
+	for (size_t i = 0; i < sizeof not_temps / sizeof not_temps[0]; i++) {
+		struct utimbuf t = { .actime = time(NULL) - 7200, .modtime = time(NULL) - 7200 };
+		snprintf(p, sizeof p, "%s/%s", cdir, not_temps[i]);
+		if (access(p, F_OK)) touch_old(p, 7200);
+		else utime(p, &t);
+	}
 	/* A real record whose name looks like a temp: never swept. */
 	put_image("odd.tmp.1.2", 1, l1, NULL);
 	snprintf(p, sizeof p, "%s/images/odd.tmp.1.2.json", root);
@@ -124,7 +140,19 @@ int main(void)
 	TAP_IS(st.layers_removed, 2, "gc removed 2 layers");
 	TAP_IS(st.bytes_freed, freed, "gc freed their bytes (%llu)", (unsigned long long)freed);
 	TAP_IS(st.chain_records_removed, 1, "gc removed the chain record of a removed layer");
-	TAP_IS(st.temp_files_removed, 3, "gc removed the 3 old temp files");
+	TAP_IS(st.temp_files_removed, 4, "gc removed the 4 old temp files");
+	snprintf(p, sizeof p, "%s/upper.map.tmp.%d.9", cdir, (int)getpid());
+	TAP_OK(access(p, F_OK) != 0, "old upper.map temp of a crashed cow rewrite removed");
+	snprintf(p, sizeof p, "%s/upper.map.tmp.%d.10", cdir, (int)getpid());
+	TAP_OK(access(p, F_OK) == 0, "fresh upper.map temp kept (a rewrite may be in progress)");
+	for (size_t i = 0; i < sizeof not_temps / sizeof not_temps[0]; i++) {
+		snprintf(p, sizeof p, "%s/%s", cdir, not_temps[i]);
+		TAP_OK(access(p, F_OK) == 0, "old %s in the container directory kept", not_temps[i]);
+	}
+	{
+		struct container_record cr;
+		TAP_IS(layer_store_container_get(s, "ctr", &cr), 0, "container record still reads after gc");
+	}
 	TAP_OK(layer_store_layer_exists(s, l1) == 1 && layer_store_layer_exists(s, l2) == 1, "referenced layers kept");
 	TAP_OK(layer_store_layer_exists(s, l3) == 0 && layer_store_layer_exists(s, l4) == 0, "unreferenced layers gone");
 	TAP_IS(layer_store_chain_get(s, cid1, got), 0, "chain record of a kept layer kept");
