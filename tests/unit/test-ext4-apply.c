@@ -329,6 +329,38 @@ static int apply_both(struct layer_store *s, struct tarbuf *l1, struct tarbuf *l
 	return r ? r : c;
 }
 
+/* Opening a device without a filesystem fails with exactly one error, logged by ext4_apply_open and
+ * naming the label the caller gave (image_import.c does not log it again). */
+static void test_open_error(struct layer_store *s)
+{
+	const char *none[1] = { NULL };
+	struct cow_device *d;
+	struct ext4_apply *fs = NULL;
+	struct ext4_params p = test_params();
+	char path[1024], msg[4096] = "";
+	if (cow_device_open_scratch(s, none, 0, DEV_BYTES, &d)) {
+		TAP_OK(0, "scratch device for the open error");
+		return;
+	}
+	snprintf(path, sizeof path, "%s/open-error.log", tap_tmpdir());
+	int saved = dup(2), fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
+	unsigned long before = log_error_count();
+	fflush(stderr);
+	dup2(fd, 2);
+	int r = ext4_apply_open(d, &p, "image t layer 2/2 (sha256:abc)", &fs);
+	fflush(stderr);
+	dup2(saved, 2);
+	close(saved);
+	ssize_t n = pread(fd, msg, sizeof msg - 1, 0);
+	close(fd);
+	msg[n > 0 ? n : 0] = 0;
+	msg[strcspn(msg, "\n")] = 0;
+	TAP_OK(r < 0 && fs == NULL, "open of a device without a filesystem fails (%d)", r);
+	TAP_IS(log_error_count() - before, 1, "one error logged");
+	TAP_OK(strstr(msg, "image t layer 2/2 (sha256:abc): open filesystem: ") != NULL, "it names the label: %s", msg);
+	cow_device_close(d);
+}
+
 int main(void)
 {
 	struct tarbuf l1, l2;
@@ -377,6 +409,7 @@ int main(void)
 
 	test_errors(s1);
 	test_long_names(s1);
+	test_open_error(s1);
 
 	tar_free(&l1);
 	tar_free(&l2);
