@@ -50,6 +50,11 @@ struct cow_change {
 #define COW_MAP_VERSION 1u
 #define COW_JOURNAL_MAGIC 0x4c4e524au /* "JRNL" */
 
+/* upper.map keeps a tail of written, synced zeros past the journal, grown in steps of this
+ * many bytes: an append inside it is an overwrite within i_size, so its sync commits no
+ * block allocation or size change.  Replay stops at the zeros (no record has magic 0). */
+#define COW_MAP_TAIL_STEP (1u << 20)
+
 /* Header of upper.map (little-endian host layout, fixed size). */
 struct cow_map_header {
 	char magic[8];
@@ -175,6 +180,7 @@ struct cow_device {
 
 	pthread_mutex_t journal_mu; /* serialises journal appends and compaction */
 	uint64_t journal_end, journal_offset, journal_seq;
+	uint64_t map_tail_end;     /* upper.map holds synced zeros from journal_end up to here */
 	uint64_t journal_limit;    /* compact past this many journal bytes */
 	uint64_t stats_compactions;
 

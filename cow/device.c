@@ -144,7 +144,16 @@ int cow_map_rewrite(struct cow_device *dev)
 	int r = cow_map_serialize(dev->jstate, dev->size_blocks, dev->map_generation, dev->layer_count,
 				  dev->layer_count ? dev->digests[dev->layer_count - 1] : "", &buf, &len);
 	if (r) return r;
-	r = vfs_write_file_atomic(dev->map_path, buf, len);
+	/* followed by a zero tail (see COW_MAP_TAIL_STEP) */
+	uint64_t padded = (len + COW_MAP_TAIL_STEP) / COW_MAP_TAIL_STEP * COW_MAP_TAIL_STEP;
+	uint8_t *grown = realloc(buf, padded);
+	if (!grown) {
+		free(buf);
+		return log_error(-ENOMEM, "write upper map %s: out of memory", dev->map_path);
+	}
+	buf = grown;
+	memset(buf + len, 0, padded - len);
+	r = vfs_write_file_atomic(dev->map_path, buf, padded);
 	free(buf);
 	if (r) return log_error(r, "write upper map %s: %s", dev->map_path, strerror(-r));
 	int fd = vfs_open(dev->map_path, O_RDWR, 0);
@@ -152,6 +161,7 @@ int cow_map_rewrite(struct cow_device *dev)
 	if (dev->map_fd >= 0) vfs_close(dev->map_fd);
 	dev->map_fd = fd;
 	dev->journal_offset = dev->journal_end = len;
+	dev->map_tail_end = padded;
 	dev->journal_seq = 1;
 	return 0;
 }
@@ -183,6 +193,9 @@ static int open_upper_map(struct cow_device *dev, const char *dir)
 	if (r) return log_error(r, "read upper map %s: %s", dev->map_path, strerror(-r));
 	struct cow_map_parsed p;
 	r = cow_map_parse((const uint8_t *)buf, len, dev->size_blocks, dev->jstate, &p, true, dev->map_path);
+	/* past the journal: the zero tail, or (after a crash) a torn record, possibly in the tail */
+	bool tail_zero = true;
+	for (size_t i = r ? len : p.journal_end; i < len && tail_zero; i++) tail_zero = buf[i] == 0;
 	free(buf);
 	if (r) return r;
 	dev->map_generation = p.hdr.generation;
@@ -194,7 +207,8 @@ static int open_upper_map(struct cow_device *dev, const char *dir)
 		dev->journal_offset = p.journal_offset;
 		dev->journal_end = p.journal_end;
 		dev->journal_seq = p.next_seq;
-		if (p.journal_end < len) {
+		dev->map_tail_end = tail_zero ? len : p.journal_end;
+		if (!tail_zero) {
 			/* drop a torn tail so the next record lands where replay looks for it */
 			if ((r = vfs_ftruncate(fd, p.journal_end)) || (r = vfs_fsync(fd)))
 				return log_error(r, "truncate upper map %s: %s", dev->map_path, strerror(-r));

@@ -459,12 +459,28 @@ static int journal_append(struct cow_device *dev, uint64_t target)
 	}
 	pthread_mutex_unlock(&dev->mu);
 	if (r || !n) goto out;
-	r = vfs_pwrite_full(dev->map_fd, rec, rec_len, dev->journal_end);
+	uint64_t tail_end = dev->map_tail_end;
+	if (dev->journal_end + rec_len > tail_end) {
+		/* grow the zero tail with this very write: record + zeros, one sync */
+		tail_end = (dev->journal_end + rec_len + COW_MAP_TAIL_STEP) / COW_MAP_TAIL_STEP * COW_MAP_TAIL_STEP;
+		uint8_t *grown = calloc(1, tail_end - dev->journal_end);
+		if (!grown) {
+			r = log_error(-ENOMEM, "append journal %s: out of memory", dev->map_path);
+			goto out;
+		}
+		memcpy(grown, rec, rec_len);
+		free(rec);
+		rec = grown;
+		r = vfs_pwrite_full(dev->map_fd, rec, tail_end - dev->journal_end, dev->journal_end);
+	} else {
+		r = vfs_pwrite_full(dev->map_fd, rec, rec_len, dev->journal_end);
+	}
 	if (!r) r = vfs_fsync(dev->map_fd);
 	if (r) {
 		r = log_error(r, "append journal %s: %s", dev->map_path, strerror(-r));
 		goto out;
 	}
+	dev->map_tail_end = tail_end;
 	dev->journal_end += rec_len;
 	dev->journal_seq++;
 	pthread_mutex_lock(&dev->mu);
