@@ -5,10 +5,12 @@
  *   | u64 XXH3-64 of header+runs | record* where
  *   record = {u32 magic "JRNL", u32 entry_count, u64 seq} | entries (same layout as runs)
  *            | u64 XXH3-64 of header+entries
+ *   | zero tail (written and synced ahead, COW_MAP_TAIL_STEP: appends overwrite it in place)
  *
  * Recovery applies the snapshot, then records in order while they are whole, checksummed and
  * carry the expected sequence number; the first short or bad record ends the journal (a record
- * torn by a crash was never acknowledged: its flush had not completed).  A bad snapshot, or a
+ * torn by a crash was never acknowledged: its flush had not completed); zeros end it too, as no
+ * record has magic 0.  A bad snapshot, or a
  * checksummed entry naming blocks past the device or an unknown state, is corruption.
  * States in the file: 0 fall through, 1 upper data, 2 zero (enum cow_upper_state). */
 #include <errno.h>
