@@ -29,6 +29,7 @@ static ssize_t px_pwrite(int fd, const void *b, size_t n, uint64_t off)
 	return r < 0 ? -errno : r;
 }
 static int px_fsync(int fd) { return fsync(fd) < 0 ? -errno : 0; }
+static int px_fdatasync(int fd) { return fdatasync(fd) < 0 ? -errno : 0; }
 static int px_ftruncate(int fd, uint64_t len) { return ftruncate(fd, (off_t)len) < 0 ? -errno : 0; }
 static int px_punch(int fd, uint64_t off, uint64_t len)
 {
@@ -59,6 +60,7 @@ static const struct vfs_ops posix_ops = {
 	.open = px_open, .close = px_close, .pread = px_pread, .pwrite = px_pwrite,
 	.fsync = px_fsync, .ftruncate = px_ftruncate, .punch_hole = px_punch,
 	.rename = px_rename, .unlink = px_unlink, .fsync_dir = px_fsync_dir, .size = px_size,
+	.fdatasync = px_fdatasync,
 };
 
 static const struct vfs_ops *_Atomic current = &posix_ops;
@@ -70,6 +72,11 @@ int vfs_is_posix(void) { return atomic_load(&current) == &posix_ops; }
 int vfs_open(const char *p, int f, mode_t m) { return vfs_get()->open(p, f, m); }
 int vfs_close(int fd) { return vfs_get()->close(fd); }
 int vfs_fsync(int fd) { return vfs_get()->fsync(fd); }
+int vfs_fdatasync(int fd)
+{
+	const struct vfs_ops *ops = vfs_get();
+	return ops->fdatasync ? ops->fdatasync(fd) : ops->fsync(fd);
+}
 int vfs_ftruncate(int fd, uint64_t l) { return vfs_get()->ftruncate(fd, l); }
 int vfs_punch_hole(int fd, uint64_t o, uint64_t l) { return vfs_get()->punch_hole(fd, o, l); }
 int vfs_rename(const char *a, const char *b) { return vfs_get()->rename(a, b); }

@@ -26,6 +26,9 @@ struct vfs_ops {
 	int (*unlink)(const char *path);
 	int (*fsync_dir)(const char *dir_path);
 	uint64_t (*size)(int fd, int *err);                       /* file size in bytes */
+	/* Data plus the metadata needed to read it back (size, allocation), not timestamps.
+	 * Optional: NULL means fsync (a test vfs models both alike). */
+	int (*fdatasync)(int fd);
 };
 
 /* The ops in force.  Default: POSIX. */
@@ -40,6 +43,8 @@ int vfs_is_posix(void);
 int vfs_open(const char *path, int flags, mode_t mode);
 int vfs_close(int fd);
 int vfs_fsync(int fd);
+/* fdatasync: enough for data durability, cheaper than fsync when only data changed. */
+int vfs_fdatasync(int fd);
 int vfs_ftruncate(int fd, uint64_t length_bytes);
 int vfs_punch_hole(int fd, uint64_t offset_bytes, uint64_t length_bytes);
 int vfs_rename(const char *from, const char *to);

@@ -475,7 +475,7 @@ static int journal_append(struct cow_device *dev, uint64_t target)
 	} else {
 		r = vfs_pwrite_full(dev->map_fd, rec, rec_len, dev->journal_end);
 	}
-	if (!r) r = vfs_fsync(dev->map_fd);
+	if (!r) r = vfs_fdatasync(dev->map_fd);
 	if (r) {
 		r = log_error(r, "append journal %s: %s", dev->map_path, strerror(-r));
 		goto out;
@@ -520,7 +520,7 @@ int cow_flush(struct cow_device *dev)
 {
 	if (dev->data_fd < 0) return 0; /* read-only image: nothing to make durable */
 	uint64_t target = cow_flush_capture(dev);
-	int r = vfs_fsync(dev->data_fd);
+	int r = vfs_fdatasync(dev->data_fd);
 	if (r) return log_error(r, "flush upper %s: %s", dev->data_path, strerror(-r));
 	return cow_flush_journal(dev, target);
 }

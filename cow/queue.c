@@ -213,7 +213,7 @@ static void start_fsync(struct cow_ctx *c)
 	struct io_uring_sqe *sqe = get_sqe(q);
 	if (!sqe) {
 		/* cannot happen with one SQE per context, but never lose a flush */
-		int r = vfs_fsync(q->dev->data_fd);
+		int r = vfs_fdatasync(q->dev->data_fd);
 		if (!r) r = cow_flush_journal(q->dev, c->flush_target);
 		push_done(c, r);
 		return;
