@@ -13,21 +13,20 @@ fi
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 ob=$build/ociblk
 store=$tmp/payload/store
-mkdir -p "$tmp/payload/payload" "$tmp/tree"
-# The guests' image: three layers (one per file under /etc) and a 16 MiB file in the first layer.
+mkdir -p "$tmp/payload/payload"
+# The guests' image: an OCI image built with umoci, three layers (one file under /etc each) and a
+# 16 MiB file in the first, imported with `ociblk import`.
 export OCIBLK_ROOT=$store
-mkdir -p "$tmp/tree/etc" "$tmp/tree/data"
-echo layer1 > "$tmp/tree/etc/layer1"
-head -c 16M /dev/urandom > "$tmp/tree/data/big"
-truncate -s 64M "$tmp/base.img"
-mkfs.ext4 -q -F -d "$tmp/tree" "$tmp/base.img"
-"$ob" layer add-raw "$tmp/base.img" --name l1 >/dev/null
-"$ob" create l1 tmpc >/dev/null
-for n in 2 3; do
-  echo "layer$n" > "$tmp/f"
-  debugfs -w -R "write $tmp/f /etc/layer$n" "$tmp/base.img" >/dev/null 2>&1
+lay=$tmp/oci
+umoci init --layout "$lay" && umoci new --image "$lay:t"
+umoci unpack --image "$lay:t" "$tmp/b" >/dev/null
+mkdir -p "$tmp/b/rootfs/etc" "$tmp/b/rootfs/data"
+head -c 16M /dev/urandom > "$tmp/b/rootfs/data/big"
+for n in 1 2 3; do
+  echo "layer$n" > "$tmp/b/rootfs/etc/layer$n"
+  umoci repack --refresh-bundle --image "$lay:t" "$tmp/b" >/dev/null
 done
-"$ob" write tmpc 0 "$tmp/base.img" >/dev/null && "$ob" commit tmpc base >/dev/null && "$ob" rm tmpc >/dev/null
+"$ob" import "oci:$lay:t" --name base --size 256M >/dev/null || { echo "1..1"; echo "not ok 1 - import the guest image"; exit 1; }
 "$ob" create base c1 >/dev/null && "$ob" create base c2 >/dev/null
 "$ob" export base "$tmp/base.raw" && sha256sum < "$tmp/base.raw" | cut -d' ' -f1 > "$tmp/payload/payload/base.sha256"
 bash "$here/mkinitrd.sh" "$work" "$tmp/dom0.cpio" "$tmp/guest.cpio" "$here/dom0-test.sh" "$here/guest-test.sh" "$tmp/payload"
