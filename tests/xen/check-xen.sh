@@ -31,6 +31,7 @@ done
 "$ob" export base "$tmp/base.raw" && sha256sum < "$tmp/base.raw" | cut -d' ' -f1 > "$tmp/payload/payload/base.sha256"
 bash "$here/mkinitrd.sh" "$work" "$tmp/dom0.cpio" "$tmp/guest.cpio" "$here/dom0-test.sh" "$here/guest-test.sh" "$tmp/payload"
 bash "$here/run-qemu.sh" "$work" "$tmp/dom0.cpio" "${XEN_TIMEOUT:-900}" > "$tmp/serial.log" 2>&1
+cp "$tmp/serial.log" "$work/serial-last.log"  # kept for diagnosis
 results=$(grep -a '^RESULT ' "$tmp/serial.log" | sed 's/^RESULT //')
 n=$(printf '%s\n' "$results" | grep -c . || true)
 echo "1..$((n + 1))"
