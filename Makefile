@@ -27,7 +27,7 @@ TOOL_SRCS := $(wildcard tests/tools/*.c)
 TOOL_BINS := $(TOOL_SRCS:%.c=$(BUILD)/%)
 INTEG     := $(sort $(wildcard tests/integration/*.sh))
 
-.PHONY: all deps check check-unit check-integration check-asan fuzz fuzz-smoke demo bench clean
+.PHONY: all deps check check-unit check-integration check-xen check-asan fuzz fuzz-smoke demo bench clean
 all: $(BUILD)/ociblk $(BUILD)/libociblk.a ociblk
 
 ociblk: $(BUILD)/ociblk
@@ -58,6 +58,10 @@ check: all tests
 
 check-unit: all tests
 	OCIBLK_BUILD=$(CURDIR)/$(BUILD) prove --timer $(UNIT_BINS)
+
+# Real Xen: boots Xen + a Linux dom0 under QEMU (TCG) and PV guests served by `ociblk xen-backend`.
+check-xen: all
+	OCIBLK_BUILD=$(CURDIR)/$(BUILD) prove -v --timer tests/xen/check-xen.sh
 
 check-asan:
 	$(MAKE) BUILD=build-asan SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" check \

@@ -7,6 +7,7 @@ pkgs=(
   libxxhash-dev libxen-dev
   fio nbdkit libnbd-bin python3-libnbd qemu-utils umoci skopeo util-linux kmod zstd
   python3
+  qemu-system-x86 xen-utils-4.17 busybox-static cpio xz-utils
 )
 missing=()
 for p in "${pkgs[@]}"; do

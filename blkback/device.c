@@ -707,7 +707,7 @@ static enum step step(struct bb_dev *d)
 	if (r == -ENOENT || r == -EACCES) {
 		log_info("blkback %s: frontend %s is gone", d->be, d->fe);
 		disconnect(d);
-		xenif_xs_rm(d->xs, 0, d->be);
+		xenif_xs_rm_tidy(d->xs, d->be);
 		return STEP_EXIT;
 	}
 	if (r) u = 255;

@@ -182,6 +182,12 @@ int blkback_request_validate(const struct blkback_req *req, const struct blkback
 		if (req->nr_segments > BLKIF_MAX_SEGMENTS_PER_REQUEST) return BLKIF_RSP_ERROR;
 		/* With segments it also writes them; a pure flush on a read-only disk is harmless. */
 		if (req->nr_segments > 0 && lim->readonly) return BLKIF_RSP_ERROR;
+		/* A pure flush carries no sector: Linux blkfront sends blk_rq_pos() of its flush request,
+		 * which is (sector_t)-1 (blk_rq_init), so the range is only checked when there is data. */
+		if (req->nr_segments == 0) {
+			r = req->loaded_segments == 0 ? BLKIF_RSP_OKAY : BLKIF_RSP_ERROR;
+			break;
+		}
 		r = check_segments(req, lim, &sectors);
 		break;
 	case BLKIF_OP_DISCARD:

@@ -158,7 +158,7 @@ int blkback_detach(const char *type, uint16_t domid, uint32_t vdev, unsigned tim
 		}
 		usleep(20000);
 	}
-	r = xenif_xs_rm(xs, 0, be);
+	r = xenif_xs_rm_tidy(xs, be);
 	int r2 = xenif_xs_rm(xs, 0, fe);
 	if (!r) r = r2;
 out:

@@ -362,6 +362,35 @@ int xenif_xs_rm(struct xenif_xs *xs, xenif_tx_t t, const char *path)
 	return errno == ENOENT ? 0 : (errno ? -errno : -EIO);
 }
 
+int xenif_xs_rm_tidy(struct xenif_xs *xs, const char *path)
+{
+	int r = xenif_xs_rm(xs, 0, path);
+	if (r) return r;
+	/* Then the per-domain parent (backend/TYPE/DOMID), as a toolstack does, but only while it is
+	 * empty: a transaction so that a sibling device written meanwhile is never removed. */
+	char parent[512];
+	const char *slash = strrchr(path, '/');
+	if (!slash || slash == path || (size_t)(slash - path) >= sizeof(parent)) return 0;
+	memcpy(parent, path, (size_t)(slash - path));
+	parent[slash - path] = '\0';
+	for (int attempt = 0; attempt < 8; attempt++) {
+		xenif_tx_t t;
+		if (xenif_xs_transaction_start(xs, &t)) return 0;
+		char **names = NULL;
+		unsigned n = 0;
+		int dr = xenif_xs_directory(xs, t, parent, &names, &n);
+		free(names);
+		if (dr || n) {
+			xenif_xs_transaction_end(xs, t, true);
+			return 0;
+		}
+		xenif_xs_rm(xs, t, parent);
+		int e = xenif_xs_transaction_end(xs, t, false);
+		if (e != -EAGAIN) return 0;
+	}
+	return 0;
+}
+
 int xenif_xs_directory(struct xenif_xs *xs, xenif_tx_t t, const char *path, char ***names, unsigned *count)
 {
 	if (!xs->sim) {
@@ -763,6 +792,17 @@ int xenif_evt_open(struct xenif *x, struct xenif_evt **out)
 			int r = errno ? -errno : -EIO;
 			free(e);
 			return log_error(r, "xen: evtchn open: %s", strerror(-r));
+		}
+		/* libxenevtchn opens /dev/xen/evtchn blocking: xenevtchn_pending() would then sleep in
+		 * read() once the pending events are drained, and the queue thread would never get back
+		 * to its ring (nor see its stop request). */
+		int fd = xenevtchn_fd(e->h);
+		int fl = fcntl(fd, F_GETFL);
+		if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0) {
+			int r = -errno;
+			xenevtchn_close(e->h);
+			free(e);
+			return log_error(r, "xen: evtchn O_NONBLOCK: %s", strerror(-r));
 		}
 	}
 	*out = e;

@@ -68,6 +68,8 @@ int xenif_xs_read_uint(struct xenif_xs *xs, xenif_tx_t t, const char *path, uint
 int xenif_xs_mkdir(struct xenif_xs *xs, xenif_tx_t t, const char *path);
 /* Removes the node and everything below; removing a missing node is 0. */
 int xenif_xs_rm(struct xenif_xs *xs, xenif_tx_t t, const char *path);
+/* Removes path, then its parent directory if that is left empty (best effort, transactional). */
+int xenif_xs_rm_tidy(struct xenif_xs *xs, const char *path);
 /* Child names: *names is one malloc'd block (array + strings); free(*names). */
 int xenif_xs_directory(struct xenif_xs *xs, xenif_tx_t t, const char *path, char ***names, unsigned *count);
 /* perms as xenstore-chmod writes them: "n0", "r5", "w3", "b1" ... first = owner + others. */

@@ -134,6 +134,8 @@ static uint8_t pattern_byte(uint64_t off)
 	return (uint8_t)((s * 2654435761u) >> 7 ^ (off % 512) * 31);
 }
 
+static struct fe *volatile live_fe; /* volatile: the store must not be optimised away */
+
 static void die(const char *fmt, ...)
 {
 	va_list ap;
@@ -960,7 +962,11 @@ int main(int argc, char **argv)
 		struct xenif_xs *xs;
 		const char *sk = getenv(XENIF_SIM_ENV);
 		log_set_quiet(1);
-		if (!sk || xenif_open_sim(sk, 0, &x) || xenif_xs_open(x, &xs)) return 2;
+		if (!sk || xenif_open_sim(sk, 0, &x)) return 2;
+		if (xenif_xs_open(x, &xs)) {
+			xenif_close(x);
+			return 2;
+		}
 		int xr;
 		if (argc == 4) {
 			xr = xenif_xs_write(xs, 0, argv[2], argv[3], strlen(argv[3])) ? 1 : 0;
@@ -976,6 +982,7 @@ int main(int argc, char **argv)
 	}
 	setvbuf(stdout, NULL, _IOLBF, 0);
 	struct fe *f = calloc(1, sizeof(*f));
+	live_fe = f; /* a root for LeakSanitizer when die() exits with everything still in use */
 	const char *sock = getenv(XENIF_SIM_ENV), *model_path = NULL, *pause_file = NULL, *cmd = NULL, *arg = NULL;
 	const char *until_file = NULL;
 	unsigned ops = 2000, reconnect = 0, bs = 4096, write_pct = 0;

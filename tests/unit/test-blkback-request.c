@@ -150,6 +150,8 @@ int main(void)
 	rw(BLKIF_OP_FLUSH_DISKCACHE, 0, 0);
 	TAP_OK(validate(&lim, &s) == BLKIF_RSP_OKAY && s == 0, "pure flush: ok");
 	TAP_IS(validate(&ro, NULL), BLKIF_RSP_OKAY, "pure flush on read-only: ok");
+	rw(BLKIF_OP_FLUSH_DISKCACHE, 0, ~0ull); /* Linux blkfront: blk_rq_pos() of a flush is (sector_t)-1 */
+	TAP_OK(validate(&lim, &s) == BLKIF_RSP_OKAY && s == 0, "pure flush at sector 2^64-1 (as Linux sends it): ok");
 	rw(BLKIF_OP_FLUSH_DISKCACHE, 2, 0);
 	TAP_IS(validate(&ro, NULL), BLKIF_RSP_ERROR, "flush with data on read-only: error");
 	struct blkback_limits noflush = lim;

@@ -50,7 +50,7 @@ grep -q "MARK write-ok" $g2 && res "ok g2 (second container, same image, concurr
 grep -q "MARK ro-flag-ok" $g3 && res "ok g3 sees a read-only disk" || res "not ok g3 sees a read-only disk"
 grep -q "MARK ro-read-ok" $g3 && res "ok g3 reads the read-only image" || res "not ok g3 reads the read-only image"
 grep -q "MARK ro-write-refused" $g3 && res "ok g3 write refused" || res "not ok g3 write refused"
-bigsum=$(sed -n 's/.*MARK bigsum-after //p' $g1)
+bigsum=$(sed -n 's/.*MARK bigsum-after //p' $g1 | tr -d '\r ')
 
 # Lifecycle: destroyed guests leave no backend state behind.
 for g in g1 g2 g3; do xl destroy $g >/dev/null 2>&1; done
@@ -68,4 +68,10 @@ ociblk export c1 /tmp/c1.raw && ociblk export base /tmp/base.raw && ociblk expor
 [ "$(debugfs -R 'cat /data/big' /tmp/c1.raw 2>/dev/null | md5sum | cut -d' ' -f1)" = "$bigsum" ] && res "ok c1 holds the overwritten large file" || res "not ok c1 holds the overwritten large file"
 debugfs -R 'stat /guest-rw.txt' /tmp/c2.raw 2>&1 | grep -q 'not found' && res "ok c2 does not see c1's file" || res "not ok c2 does not see c1's file"
 [ "$(sha256sum < /tmp/base.raw | cut -d' ' -f1)" = "$(cat /payload/base.sha256)" ] && res "ok image unchanged" || res "not ok image unchanged"
+basebig=$(debugfs -R 'cat /data/big' /tmp/base.raw 2>/dev/null | md5sum | cut -d' ' -f1)
+mk() { sed -n "s/.*MARK $2 //p" "$1" | tr -d '\r '; }
+[ "$(mk $g1 bigsum)" = "$basebig" ] && res "ok g1 read the 16 MiB lower-layer file intact" || res "not ok g1 read the 16 MiB lower-layer file intact ($(mk $g1 bigsum) vs $basebig)"
+[ "$(mk $g3 robig)" = "$basebig" ] && res "ok g3 read the 16 MiB file intact" || res "not ok g3 read the 16 MiB file intact"
+[ "$(mk $g3 dev32m)" = "$(dd if=/tmp/base.raw bs=1M count=32 2>/dev/null | md5sum | cut -d' ' -f1)" ] && res "ok g3 O_DIRECT 1 MiB reads of the raw disk match the image" || res "not ok g3 O_DIRECT raw reads match the image"
+! grep -q "flush op failed" $g1 $g2 $g3 && res "ok no guest saw a failed flush" || res "not ok a guest saw a failed flush: $(grep -h 'flush op failed' $g1 $g2 $g3 | head -1)"
 e2fsck -fn /tmp/c1.raw >/dev/null 2>&1 && res "ok e2fsck clean on c1" || res "not ok e2fsck clean on c1"

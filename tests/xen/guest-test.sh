@@ -22,6 +22,10 @@ rw|rw2)
 ro)
   [ "$(cat /sys/block/xvda/ro)" = 1 ] && echo "MARK ro-flag-ok"
   mount -t ext4 -o ro /dev/xvda /mnt && cat /mnt/etc/layer1 >/dev/null && echo "MARK ro-read-ok"
+  echo "MARK robig $(md5sum < /mnt/data/big | cut -d' ' -f1)"
+  umount /mnt
+  echo "MARK dev32m $(dd if=/dev/xvda bs=1M count=32 iflag=direct 2>/dev/null | md5sum | cut -d' ' -f1)"
+  mount -t ext4 -o ro /dev/xvda /mnt
   umount /mnt
   if dd if=/dev/zero of=/dev/xvda bs=4096 count=1 oflag=direct 2>/dev/null; then
     echo "MARK FAIL ro disk accepted a write"
