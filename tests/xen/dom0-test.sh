@@ -2,15 +2,15 @@
 # Every result line starts with RESULT so the host harness can turn it into TAP.
 export OCIBLK_ROOT=/store
 res() { echo "RESULT $*"; }
-guest_cfg() { # guest_cfg NAME ROLE
+guest_cfg() { # guest_cfg NAME ROLE [VCPUS [KERNEL_ARGS]]
   cat > /tmp/$1.cfg <<CFG
 name="$1"
 type="pv"
 kernel="/guest/vmlinux"
 ramdisk="/guest/initrd.cpio"
-extra="console=hvc0 quiet ociblk_role=$2"
+extra="console=hvc0 quiet ociblk_role=$2 ${4:-}"
 memory=192
-vcpus=1
+vcpus=${3:-1}
 on_poweroff="destroy"
 CFG
 }
@@ -21,8 +21,8 @@ wait_log() { # wait_log NAME PATTERN SECONDS
   done
   return 1
 }
-start_guest() { # start_guest NAME ROLE DISK [--ro]
-  guest_cfg "$1" "$2"
+start_guest() { # start_guest NAME ROLE DISK [--ro] [VCPUS [KERNEL_ARGS]]
+  guest_cfg "$1" "$2" "${5:-}" "${6:-}"
   xl create -p /tmp/$1.cfg >/dev/null 2>&1 || { res "not ok create $1"; return 1; }
   local id; id=$(xl domid "$1")
   ociblk xen-attach "$id" xvda "$3" $4 || { res "not ok attach $1"; return 1; }
@@ -33,11 +33,12 @@ start_guest() { # start_guest NAME ROLE DISK [--ro]
   xl unpause "$1"
 }
 
-ociblk xen-backend > /tmp/backend.log 2>&1 &
+OCIBLK_LOG=info ociblk xen-backend > /tmp/backend.log 2>&1 &
 backend=$!
 sleep 1
 start_guest g1 rw c1
-start_guest g2 rw2 c2
+# g2: two vCPUs, two queues, a 4-page ring per queue.
+start_guest g2 rw2 c2 "" 2 "xen_blkfront.max_queues=2 xen_blkfront.max_ring_page_order=2"
 start_guest g3 ro base --ro
 for g in g1 g2 g3; do
   if wait_log $g GUEST-DONE 240; then res "ok $g finished"; else res "not ok $g finished"; fi
@@ -50,6 +51,8 @@ grep -q "MARK write-ok" $g2 && res "ok g2 (second container, same image, concurr
 grep -q "MARK ro-flag-ok" $g3 && res "ok g3 sees a read-only disk" || res "not ok g3 sees a read-only disk"
 grep -q "MARK ro-read-ok" $g3 && res "ok g3 reads the read-only image" || res "not ok g3 reads the read-only image"
 grep -q "MARK ro-write-refused" $g3 && res "ok g3 write refused" || res "not ok g3 write refused"
+grep -q "ociblk/2/51712: connected 2 queue(s), ring order 2" /tmp/backend.log && res "ok g2 connected with 2 queues and a 4-page ring" || res "not ok g2 connected with 2 queues and a 4-page ring ($(grep 'ociblk/2/51712: connected' /tmp/backend.log))"
+grep -q "ociblk/1/51712: connected 1 queue(s), ring order 0" /tmp/backend.log && res "ok g1 connected with 1 queue and a 1-page ring" || res "not ok g1 connected with 1 queue and a 1-page ring"
 bigsum=$(sed -n 's/.*MARK bigsum-after //p' $g1 | tr -d '\r ')
 
 # Lifecycle: destroyed guests leave no backend state behind.

@@ -51,7 +51,11 @@ cp "$gscript" "$g/test.sh"; chmod +x "$g/test.sh"
 cat > "$g/init" <<'INIT'
 #!/bin/sh
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
-for m in $(cat /modules.order); do insmod /lib/modules/$m 2>/dev/null; done
+for m in $(cat /modules.order); do
+  # busybox insmod does not read /proc/cmdline: pass the module's NAME.param=value options on.
+  n=$(basename "$m" .ko | tr - _)
+  insmod /lib/modules/$m $(tr ' ' '\n' < /proc/cmdline | sed -n "s/^$n\.//p") 2>/dev/null
+done
 echo "GUEST-BOOTED"
 sh /test.sh 2>&1
 echo "GUEST-DONE rc=$?"
@@ -85,7 +89,11 @@ mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
 mkdir -p /dev/pts; mount -t devpts devpts /dev/pts
 mount -t tmpfs -o size=80% tmpfs /run; mount -t tmpfs -o size=80% tmpfs /tmp
 mkdir -p /run/xen /run/xenstored /var/log/xen/console
-for m in $(cat /modules.order); do insmod /lib/modules/$m 2>/dev/null; done
+for m in $(cat /modules.order); do
+  # busybox insmod does not read /proc/cmdline: pass the module's NAME.param=value options on.
+  n=$(basename "$m" .ko | tr - _)
+  insmod /lib/modules/$m $(tr ' ' '\n' < /proc/cmdline | sed -n "s/^$n\.//p") 2>/dev/null
+done
 mount -t xenfs xenfs /proc/xen
 export PATH=/usr/lib/xen-4.17/bin:/usr/bin:/bin:/sbin:/usr/sbin
 xenstored --pid-file /run/xenstored.pid
