@@ -46,9 +46,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	int r = blkback_request_validate(&req, &lim, &sectors);
 	if (r != BLKIF_RSP_OKAY && r != BLKIF_RSP_ERROR && r != BLKIF_RSP_EOPNOTSUPP) abort();
 	if (r != BLKIF_RSP_OKAY) return 0;
-	/* Accepted: must be in range and consistent. */
-	if (req.sector_number > lim.size_sectors || sectors > lim.size_sectors - req.sector_number) abort();
 	uint8_t op = blkback_request_data_op(&req);
+	/* A pure flush carries no sector (Linux sends (sector_t)-1): it moves nothing. */
+	bool pure_flush = (op == BLKIF_OP_FLUSH_DISKCACHE || op == BLKIF_OP_WRITE_BARRIER) && req.nr_segments == 0;
+	if (pure_flush && sectors != 0) abort();
+	/* Accepted: must be in range and consistent. */
+	if (!pure_flush && (req.sector_number > lim.size_sectors || sectors > lim.size_sectors - req.sector_number))
+		abort();
 	bool writes = op == BLKIF_OP_WRITE || op == BLKIF_OP_DISCARD ||
 		      ((op == BLKIF_OP_FLUSH_DISKCACHE || op == BLKIF_OP_WRITE_BARRIER) && req.nr_segments);
 	if (writes && lim.readonly) abort();
