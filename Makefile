@@ -80,7 +80,7 @@ fuzz:
 fuzz-smoke: fuzz
 	@set -e; for f in $(FUZZ_SRCS); do n=$$(basename $$f .c); echo "fuzz $$n"; \
 	  mkdir -p $(FUZZ_BUILD)/corpus-$$n; \
-	  $(FUZZ_BUILD)/fuzz-$$n -max_total_time=$${FUZZ_SECONDS:-20} -rss_limit_mb=2048 $(FUZZ_BUILD)/corpus-$$n $$( [ -d tests/fuzz/seeds/$$n ] && echo tests/fuzz/seeds/$$n ); done
+	  $(FUZZ_BUILD)/fuzz-$$n -max_total_time=$${FUZZ_SECONDS:-20} -seed=$${FUZZ_SEED:-1} -rss_limit_mb=2048 $(FUZZ_BUILD)/corpus-$$n $$( [ -d tests/fuzz/seeds/$$n ] && echo tests/fuzz/seeds/$$n ); done
 
 demo: all
 	bash tests/demo.sh
