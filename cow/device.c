@@ -492,6 +492,26 @@ static int switch_chain(struct cow_device *dev, const char *digest)
 	return upper_reset_files(dev);
 }
 
+/* The device's chain plus new_top, written into layers; returns the new layer count. */
+static uint32_t chain_with_top(const struct cow_device *dev, const char *new_top,
+			       char layers[LAYER_CHAIN_MAX][SHA256_DIGEST_STRLEN])
+{
+	for (uint32_t i = 0; i < dev->layer_count; i++) snprintf(layers[i], SHA256_DIGEST_STRLEN, "%s", dev->digests[i]);
+	snprintf(layers[dev->layer_count], SHA256_DIGEST_STRLEN, "%s", new_top);
+	return dev->layer_count + 1;
+}
+
+/* A container's record must follow its upper onto the new chain (images have no record to move). */
+static int container_record_follow(struct cow_device *dev, const char *new_top)
+{
+	struct container_record rec;
+	int r;
+	if (dev->kind != COW_KIND_CONTAINER) return 0;
+	if ((r = layer_store_container_get(dev->store, dev->name, &rec))) return r;
+	rec.layer_count = chain_with_top(dev, new_top, rec.layers);
+	return layer_store_container_put(dev->store, &rec);
+}
+
 int cow_device_commit_layer(struct cow_device *dev, char digest_out[SHA256_DIGEST_STRLEN])
 {
 	char digest[SHA256_DIGEST_STRLEN];
@@ -499,15 +519,7 @@ int cow_device_commit_layer(struct cow_device *dev, char digest_out[SHA256_DIGES
 	int r = cow_device_flush(dev);
 	if (r) return r;
 	if ((r = write_upper_layer(dev, digest))) return r;
-	if (dev->kind == COW_KIND_CONTAINER) {
-		/* the container's record must follow its upper onto the new chain */
-		struct container_record rec;
-		if ((r = layer_store_container_get(dev->store, dev->name, &rec))) return r;
-		for (uint32_t i = 0; i < dev->layer_count; i++) snprintf(rec.layers[i], SHA256_DIGEST_STRLEN, "%s", dev->digests[i]);
-		snprintf(rec.layers[dev->layer_count], SHA256_DIGEST_STRLEN, "%s", digest);
-		rec.layer_count = dev->layer_count + 1;
-		if ((r = layer_store_container_put(dev->store, &rec))) return r;
-	}
+	if ((r = container_record_follow(dev, digest))) return r;
 	if ((r = switch_chain(dev, digest))) return r;
 	if (digest_out) snprintf(digest_out, SHA256_DIGEST_STRLEN, "%s", digest);
 	return 0;
@@ -526,21 +538,12 @@ int cow_device_commit(struct cow_device *dev, const char *image, char digest_out
 	if (!img) return log_error(-ENOMEM, "commit %s: out of memory", dev->name);
 	snprintf(img->name, sizeof img->name, "%s", image);
 	img->size_bytes = dev->size_bytes;
-	for (uint32_t i = 0; i < dev->layer_count; i++) snprintf(img->layers[i], SHA256_DIGEST_STRLEN, "%s", dev->digests[i]);
-	snprintf(img->layers[dev->layer_count], SHA256_DIGEST_STRLEN, "%s", digest);
-	img->layer_count = dev->layer_count + 1;
+	img->layer_count = chain_with_top(dev, digest, img->layers);
 	img->created_unix = (int64_t)time(NULL);
 	r = layer_store_image_put(dev->store, img);
 	free(img);
 	if (r) return r;
-	if (dev->kind == COW_KIND_CONTAINER) {
-		struct container_record rec;
-		if ((r = layer_store_container_get(dev->store, dev->name, &rec))) return r;
-		for (uint32_t i = 0; i < dev->layer_count; i++) snprintf(rec.layers[i], SHA256_DIGEST_STRLEN, "%s", dev->digests[i]);
-		snprintf(rec.layers[dev->layer_count], SHA256_DIGEST_STRLEN, "%s", digest);
-		rec.layer_count = dev->layer_count + 1;
-		if ((r = layer_store_container_put(dev->store, &rec))) return r;
-	}
+	if ((r = container_record_follow(dev, digest))) return r;
 	if ((r = switch_chain(dev, digest))) return r;
 	if (digest_out) snprintf(digest_out, SHA256_DIGEST_STRLEN, "%s", digest);
 	return 0;
