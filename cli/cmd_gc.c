@@ -16,8 +16,9 @@ static const char gc_usage[] =
 	"usage: ociblk gc [--tmp-age SECONDS] [--json]\n"
 	"\n"
 	"Removes every layer that no image or container references, chain records of removed layers,\n"
-	"and temp files older than --tmp-age seconds (default 3600; 0 removes all of them, only safe\n"
-	"when no other ociblk process uses the store).\n";
+	"and temp files older than --tmp-age seconds (default 3600).  Layers and temp files that a running\n"
+	"ociblk process holds (a commit or import in progress, an open device) are kept whatever their\n"
+	"age; the age only guards the instant between creating a temp file and holding it.\n";
 
 static int cmd_gc(int argc, char **argv, const struct cli_globals *g)
 {
@@ -51,12 +52,16 @@ static int cmd_gc(int argc, char **argv, const struct cli_globals *g)
 		json_object_object_add(o, "bytes_freed", json_object_new_int64((int64_t)st.bytes_freed));
 		json_object_object_add(o, "temp_files_removed", json_object_new_int64((int64_t)st.temp_files_removed));
 		json_object_object_add(o, "chain_records_removed", json_object_new_int64((int64_t)st.chain_records_removed));
+		json_object_object_add(o, "layers_in_use", json_object_new_int64((int64_t)st.layers_in_use));
 		cli_json_print(o);
 	} else if (!g->quiet) {
 		char b[32];
 		printf("removed %llu layers (%s), %llu temp files, %llu chain records\n",
 		       (unsigned long long)st.layers_removed, cli_human_bytes(st.bytes_freed, b, sizeof b),
 		       (unsigned long long)st.temp_files_removed, (unsigned long long)st.chain_records_removed);
+		if (st.layers_in_use)
+			printf("kept %llu unreferenced layers that are in use (a commit or import in progress)\n",
+			       (unsigned long long)st.layers_in_use);
 	}
 	return 0;
 }

@@ -43,14 +43,14 @@ static int rebuild_index(struct cow_device *dev)
 	return 0;
 }
 
-static int open_layer_into(struct cow_device *dev, const char *digest)
+/* Adds an open layer on top of the chain (the device owns it from here, also on failure). */
+static int push_layer(struct cow_device *dev, struct layer *l, const char *digest)
 {
-	if (dev->layer_count >= LAYER_CHAIN_MAX)
-		return log_error(-E2BIG, "open chain: more than %u layers", LAYER_CHAIN_MAX);
-	struct layer *l;
-	int r = layer_open(dev->store, digest, false, &l);
-	if (r) return r;
 	const struct layer_info *info = layer_get_info(l);
+	if (dev->layer_count >= LAYER_CHAIN_MAX) {
+		layer_close(l);
+		return log_error(-E2BIG, "open chain: more than %u layers", LAYER_CHAIN_MAX);
+	}
 	if (info->virtual_size_bytes > dev->size_bytes) {
 		/* a layer may be smaller (the device grew), never larger */
 		layer_close(l);
@@ -61,6 +61,14 @@ static int open_layer_into(struct cow_device *dev, const char *digest)
 	snprintf(dev->digests[dev->layer_count], SHA256_DIGEST_STRLEN, "%s", digest);
 	dev->layer_count++;
 	return 0;
+}
+
+static int open_layer_into(struct cow_device *dev, const char *digest)
+{
+	struct layer *l;
+	int r = layer_open(dev->store, digest, false, &l);
+	if (r) return r;
+	return push_layer(dev, l, digest);
 }
 
 static struct cow_device *device_alloc(struct layer_store *store, enum cow_device_kind kind, uint64_t size_bytes)
@@ -301,6 +309,8 @@ int cow_device_open_scratch(struct layer_store *store, const char *const *layer_
 	snprintf(dev->data_path, sizeof dev->data_path, "%s.data", tmp);
 	if ((r = alloc_states(dev))) goto fail;
 	if ((r = open_upper_data(dev, true))) goto fail;
+	/* held while the device is open, so gc leaves this temp alone however long an import runs */
+	if ((r = dev->lock_fd = layer_store_tmp_hold(dev->data_path)) < 0) goto fail;
 	*out = dev;
 	return 0;
 fail:
@@ -423,8 +433,9 @@ void cow_device_get_stats(const struct cow_device *dev, struct cow_device_stats 
 
 /* ---------------------------------------------------------------- commit ------------------ */
 
-/* Writes the merged view of the upper as a layer on top of the chain. */
-static int write_upper_layer(struct cow_device *dev, char digest[SHA256_DIGEST_STRLEN])
+/* Writes the merged view of the upper as a layer on top of the chain; *opened is the new layer,
+ * open and so pinned against gc until the records that reference it are written. */
+static int write_upper_layer(struct cow_device *dev, char digest[SHA256_DIGEST_STRLEN], struct layer **opened)
 {
 	struct layer_writer *w;
 	struct layer_writer_options o = {
@@ -480,13 +491,13 @@ static int write_upper_layer(struct cow_device *dev, char digest[SHA256_DIGEST_S
 		layer_writer_abort(w);
 		return r;
 	}
-	return layer_writer_commit(w, digest);
+	return layer_writer_commit_open(w, digest, opened);
 }
 
-/* The device continues on chain + digest with an empty upper. */
-static int switch_chain(struct cow_device *dev, const char *digest)
+/* The device continues on chain + the new layer (which it now owns) with an empty upper. */
+static int switch_chain(struct cow_device *dev, struct layer *l, const char *digest)
 {
-	int r = open_layer_into(dev, digest);
+	int r = push_layer(dev, l, digest);
 	if (r) return r;
 	if ((r = rebuild_index(dev))) return r;
 	return upper_reset_files(dev);
@@ -512,15 +523,22 @@ static int container_record_follow(struct cow_device *dev, const char *new_top)
 	return layer_store_container_put(dev->store, &rec);
 }
 
+/* The new layer stays open (pinned) from its publication until the device owns it, so a gc
+ * running between the steps never removes it; a failure after publication leaves an unreferenced
+ * layer, which the next gc removes. */
 int cow_device_commit_layer(struct cow_device *dev, char digest_out[SHA256_DIGEST_STRLEN])
 {
 	char digest[SHA256_DIGEST_STRLEN];
+	struct layer *l = NULL;
 	if (!dev->state) return log_error(-EROFS, "commit %s: read-only device", dev->name);
 	int r = cow_device_flush(dev);
 	if (r) return r;
-	if ((r = write_upper_layer(dev, digest))) return r;
-	if ((r = container_record_follow(dev, digest))) return r;
-	if ((r = switch_chain(dev, digest))) return r;
+	if ((r = write_upper_layer(dev, digest, &l))) return r;
+	if ((r = container_record_follow(dev, digest))) {
+		layer_close(l);
+		return r;
+	}
+	if ((r = switch_chain(dev, l, digest))) return r;
 	if (digest_out) snprintf(digest_out, SHA256_DIGEST_STRLEN, "%s", digest);
 	return 0;
 }
@@ -528,23 +546,30 @@ int cow_device_commit_layer(struct cow_device *dev, char digest_out[SHA256_DIGES
 int cow_device_commit(struct cow_device *dev, const char *image, char digest_out[SHA256_DIGEST_STRLEN])
 {
 	char digest[SHA256_DIGEST_STRLEN];
+	struct layer *l = NULL;
 	int r;
 	if (!dev->state) return log_error(-EROFS, "commit %s: read-only device", dev->name);
 	if ((r = layer_store_name_validate("image", image))) return r;
 	if ((r = cow_device_flush(dev))) return r;
-	if ((r = write_upper_layer(dev, digest))) return r;
+	if ((r = write_upper_layer(dev, digest, &l))) return r;
 
 	struct image_record *img = calloc(1, sizeof *img);
-	if (!img) return log_error(-ENOMEM, "commit %s: out of memory", dev->name);
+	if (!img) {
+		layer_close(l);
+		return log_error(-ENOMEM, "commit %s: out of memory", dev->name);
+	}
 	snprintf(img->name, sizeof img->name, "%s", image);
 	img->size_bytes = dev->size_bytes;
 	img->layer_count = chain_with_top(dev, digest, img->layers);
 	img->created_unix = (int64_t)time(NULL);
 	r = layer_store_image_put(dev->store, img);
 	free(img);
-	if (r) return r;
-	if ((r = container_record_follow(dev, digest))) return r;
-	if ((r = switch_chain(dev, digest))) return r;
+	if (!r) r = container_record_follow(dev, digest);
+	if (r) {
+		layer_close(l);
+		return r;
+	}
+	if ((r = switch_chain(dev, l, digest))) return r;
 	if (digest_out) snprintf(digest_out, SHA256_DIGEST_STRLEN, "%s", digest);
 	return 0;
 }

@@ -5,14 +5,16 @@
  *      descriptor's sha256 and size and parsed strictly (oci_json.c);
  *   2. verify: every layer blob is read once end to end (layer_stream.c): digest, size, diff id
  *      against the config, tar headers and names.  Nothing has been written yet;
- *   3. build, under the store lock: layers whose chain id is in the store are reused; the others
- *      are applied bottom up with ext4_apply on a scratch cow device over the chain below, and
- *      committed as layers (the stream is hashed again while it is applied, so what was applied is
- *      what was verified);
- *   4. publish: chain-id records, then the image record.
- * Invariants: records are written only in phase 4; a failure in phase 3 unlinks the layer files
- * this import created (those absent when it took the lock), so bad input leaves the store as it
- * was apart from tmp/.  The ext4 parameters come from the chain id of the bottom layer and the
+ *   3. build: layers whose chain id is in the store are reused (decided and opened under the store
+ *      lock); the others are applied bottom up with ext4_apply on a scratch cow device over the
+ *      chain below, and committed as layers (the stream is hashed again while it is applied, so
+ *      what was applied is what was verified).  This runs without the store lock: every layer of
+ *      the chain stays open on the scratch device, which pins it against gc;
+ *   4. publish, under the store lock: chain-id records, then the image record; then the scratch
+ *      device (and with it the pins) is closed.
+ * Invariants: records are written only in phase 4; a failure removes the layers this import
+ * built unless something else references or holds them, so bad input leaves the store as it
+ * was apart from tmp/; a killed import leaves unreferenced layers that the next gc removes.  The ext4 parameters come from the chain id of the bottom layer and the
  * timestamp is fixed, so a given chain always yields byte-identical block layers whichever image
  * brought it, which is what makes sharing layers by chain id sound. */
 #define OCIBLK_IMAGE_IMPORT_INTERNAL
@@ -23,7 +25,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <json-c/json.h>
-#include <libgen.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -58,6 +59,7 @@ struct import {
 	struct oci_config *config;
 	uint32_t layer_count;
 	struct import_layer *layers;
+	uint32_t built_from, built_count;                /* layers [from, from+count) built here */
 	/* progress */
 	bool progress;
 	const char *phase;
@@ -523,45 +525,6 @@ static int reusable(struct import *im, const char *digest, const char *parent)
 	return ok;
 }
 
-struct digest_set {
-	size_t count, cap;
-	char (*d)[SHA256_DIGEST_STRLEN];
-};
-
-static int digest_set_add(const char *digest, void *opaque)
-{
-	struct digest_set *s = opaque;
-	if (s->count == s->cap) {
-		size_t cap = s->cap ? s->cap * 2 : 64;
-		void *nd = realloc(s->d, cap * sizeof(*s->d));
-		if (!nd) return -ENOMEM;
-		s->d = nd;
-		s->cap = cap;
-	}
-	snprintf(s->d[s->count++], SHA256_DIGEST_STRLEN, "%s", digest);
-	return 0;
-}
-
-static bool digest_set_has(const struct digest_set *s, const char *digest)
-{
-	for (size_t i = 0; i < s->count; i++)
-		if (strcmp(s->d[i], digest) == 0) return true;
-	return false;
-}
-
-static void remove_layer_file(struct import *im, const char *digest)
-{
-	char p[OCIBLK_PATH_MAX];
-	if (layer_store_layer_path(im->store, digest, p, sizeof(p)) < 0) return;
-	if (vfs_unlink(p) == 0) {
-		char *dir = strdup(p);
-		if (dir) {
-			(void)vfs_fsync_dir(dirname(dir));
-			free(dir);
-		}
-	}
-}
-
 static int apply_layer(struct import *im, struct cow_device *dev, uint32_t i, const struct ext4_params *params)
 {
 	struct import_layer *l = &im->layers[i];
@@ -589,18 +552,21 @@ out:
 	return r;
 }
 
-static int build_layers(struct import *im, uint32_t *reused_out)
+/* Phase 3.  *dev_out is the scratch device, left open: it holds every layer of the chain open,
+ * which pins them against gc (layer_open) until phase 4 has written the records that reference
+ * them; the caller closes it then.  im->built_count counts the layers committed here. */
+static int build_layers(struct import *im, uint32_t *reused_out, struct cow_device **dev_out)
 {
-	struct digest_set before = { 0 };
+	const char *chain[IMAGE_IMPORT_LAYERS_MAX];
 	struct cow_device *dev = NULL;
-	uint32_t reused = 0, created_from = 0;
-	bool created[IMAGE_IMPORT_LAYERS_MAX] = { false };
+	uint32_t reused = 0;
+	struct ext4_params params;
 	int r;
 
-	if ((r = layer_store_layer_foreach(im->store, digest_set_add, &before)) < 0) {
-		log_error(r, "import %s: list layers: %s", im->name, strerror(-r));
-		goto out;
-	}
+	*dev_out = NULL;
+	/* Deciding what to reuse and opening (pinning) it is one step under the store lock, so a gc
+	 * cannot remove a reused layer in between; the long build below runs without the lock. */
+	if ((r = layer_store_lock(im->store)) < 0) return r;
 	for (; reused < im->layer_count; reused++) {
 		struct import_layer *l = &im->layers[reused];
 		char d[SHA256_DIGEST_STRLEN];
@@ -608,41 +574,34 @@ static int build_layers(struct import *im, uint32_t *reused_out)
 		if (!reusable(im, d, reused ? im->layers[reused - 1].layer_digest : "")) break;
 		memcpy(l->layer_digest, d, SHA256_DIGEST_STRLEN);
 	}
-	created_from = reused;
-	if (reused < im->layer_count) {
-		const char *chain[IMAGE_IMPORT_LAYERS_MAX];
-		for (uint32_t i = 0; i < reused; i++) chain[i] = im->layers[i].layer_digest;
-		struct ext4_params params;
-		derive_params(im->layers[0].chain_id, &params);
-		if ((r = cow_device_open_scratch(im->store, chain, reused, im->size_bytes, &dev)) < 0) {
-			log_error(r, "import %s: open scratch device: %s", im->name, strerror(-r));
+	for (uint32_t i = 0; i < reused; i++) chain[i] = im->layers[i].layer_digest;
+	r = cow_device_open_scratch(im->store, chain, reused, im->size_bytes, &dev);
+	layer_store_unlock(im->store);
+	if (r < 0) return log_error(r, "import %s: open scratch device: %s", im->name, strerror(-r));
+	im->built_from = reused;
+	derive_params(im->layers[0].chain_id, &params);
+	for (uint32_t i = reused; i < im->layer_count; i++) {
+		if ((r = apply_layer(im, dev, i, &params)) < 0) goto out;
+		if ((r = cow_device_commit_layer(dev, im->layers[i].layer_digest)) < 0) {
+			log_error(r, "import %s: commit layer %u/%u: %s", im->name, i + 1, im->layer_count, strerror(-r));
 			goto out;
 		}
-		for (uint32_t i = reused; i < im->layer_count; i++) {
-			if ((r = apply_layer(im, dev, i, &params)) < 0) goto out;
-			if ((r = cow_device_commit_layer(dev, im->layers[i].layer_digest)) < 0) {
-				log_error(r, "import %s: commit layer %u/%u: %s", im->name, i + 1, im->layer_count, strerror(-r));
-				goto out;
-			}
-			created[i] = !digest_set_has(&before, im->layers[i].layer_digest);
-		}
-		r = cow_device_close(dev);
-		dev = NULL;
-		if (r < 0) {
-			log_error(r, "import %s: close scratch device: %s", im->name, strerror(-r));
-			goto out;
-		}
+		im->built_count++;
 	}
 	*reused_out = reused;
-	r = 0;
+	*dev_out = dev;
+	return 0;
 out:
-	if (dev) (void)cow_device_close(dev);
-	if (r < 0) {
-		for (uint32_t i = created_from; i < im->layer_count; i++)
-			if (created[i]) remove_layer_file(im, im->layers[i].layer_digest);
-	}
-	free(before.d);
+	(void)cow_device_close(dev);
 	return r;
+}
+
+/* After a failure: the layers this import built are unreferenced; remove those nobody else uses
+ * (an identical layer another import or commit holds open, or a record references, stays). */
+static void remove_built_layers(struct import *im)
+{
+	for (uint32_t i = im->built_from; i < im->built_from + im->built_count; i++)
+		(void)layer_store_layer_remove_unused(im->store, im->layers[i].layer_digest);
 }
 
 static char *build_extra_json(struct import *im)
@@ -677,6 +636,7 @@ int image_import(struct layer_store *store, const struct image_import_options *o
 	struct import im = { .store = store, .opts = opts, .progress = opts->progress };
 	struct oci_manifest *m = NULL;
 	struct image_record rec = { 0 };
+	struct cow_device *dev = NULL;
 	bool locked = false;
 	int r;
 
@@ -741,14 +701,14 @@ int image_import(struct layer_store *store, const struct image_import_options *o
 	clock_gettime(CLOCK_MONOTONIC, &t_verified);
 	for (uint32_t i = 0; i < im.layer_count; i++) result->bytes_read += im.layers[i].desc.size_bytes;
 
-	/* 3. build, 4. publish */
-	if ((r = layer_store_lock(store)) < 0) goto out;
-	locked = true;
+	/* 3. build (the new layers stay pinned by the scratch device), 4. publish under the lock */
 	uint32_t reused = 0;
-	if ((r = build_layers(&im, &reused)) < 0) goto out;
+	if ((r = build_layers(&im, &reused, &dev)) < 0) goto out;
 	clock_gettime(CLOCK_MONOTONIC, &t_built);
 	log_debug("import %s: verify %.2fs, build %.2fs (%u of %u layers shared)", im.name,
 		  ts_seconds(&t_resolved, &t_verified), ts_seconds(&t_verified, &t_built), reused, im.layer_count);
+	if ((r = layer_store_lock(store)) < 0) goto out;
+	locked = true;
 	for (uint32_t i = reused; i < im.layer_count; i++) {
 		if ((r = layer_store_chain_put(store, im.layers[i].chain_key, im.layers[i].layer_digest)) < 0) {
 			log_error(r, "import %s: record chain id %s: %s", im.name, im.layers[i].chain_id, strerror(-r));
@@ -778,6 +738,11 @@ int image_import(struct layer_store *store, const struct image_import_options *o
 	r = 0;
 out:
 	if (locked) layer_store_unlock(store);
+	if (dev) {
+		int rc = cow_device_close(dev);
+		if (rc < 0 && r == 0) r = log_error(rc, "import %s: close scratch device: %s", im.name, strerror(-rc));
+	}
+	if (r < 0) remove_built_layers(&im);
 	image_record_clear(&rec);
 	oci_source_close(im.src);
 	free(m);

@@ -34,6 +34,7 @@ struct oci_source {
 	char ref[OCI_REF_NAME_MAX];
 	char tmp_dir[OCIBLK_PATH_MAX];   /* "" for oci: */
 	uint32_t file_count;             /* files m0..m<file_count-1> in tmp_dir */
+	int hold_fd;                     /* layer_store_tmp_hold of tmp_dir: gc leaves it alone */
 	uint32_t member_count;
 	struct member *members;
 };
@@ -280,6 +281,7 @@ int oci_source_open(struct layer_store *store, const char *source, struct oci_so
 	struct oci_source *src = calloc(1, sizeof(*src));
 	int r;
 	if (!src) return log_error(-ENOMEM, "open %s: out of memory", source);
+	src->hold_fd = -1;
 	if ((r = oci_source_parse(source, &src->transport, src->path, sizeof(src->path), src->ref,
 				  sizeof(src->ref))) < 0)
 		goto fail;
@@ -306,11 +308,17 @@ int oci_source_open(struct layer_store *store, const char *source, struct oci_so
 		r = log_error(-EINVAL, "open %s: not a regular file", src->path);
 		goto fail;
 	}
-	if ((r = layer_store_tmp_path(store, "import", src->tmp_dir, sizeof(src->tmp_dir))) < 0) goto fail;
-	if (mkdir(src->tmp_dir, 0700) != 0) {
-		r = log_error(-errno, "create %s: %s", src->tmp_dir, strerror(errno));
-		src->tmp_dir[0] = '\0';
-		goto fail;
+	/* held until close: a long import keeps its unpacked archive whatever gc's age limit */
+	for (int attempt = 0; src->hold_fd < 0; attempt++) {
+		if ((r = layer_store_tmp_path(store, "import", src->tmp_dir, sizeof(src->tmp_dir))) < 0) goto fail;
+		if (mkdir(src->tmp_dir, 0700) != 0) {
+			r = log_error(-errno, "create %s: %s", src->tmp_dir, strerror(errno));
+			src->tmp_dir[0] = '\0';
+			goto fail;
+		}
+		src->hold_fd = layer_store_tmp_hold(src->tmp_dir);
+		if (src->hold_fd == -ENOENT && attempt < 3) continue; /* removed by a gc --tmp-age 0 */
+		if ((r = src->hold_fd) < 0) goto fail;
 	}
 	if ((r = unpack_archive(src)) < 0) goto fail;
 	if (src->transport == OCI_TRANSPORT_ARCHIVE && !member_find(src, "oci-layout")) {
@@ -335,6 +343,7 @@ void oci_source_close(struct oci_source *src)
 		}
 		rmdir(src->tmp_dir);
 	}
+	if (src->hold_fd >= 0) close(src->hold_fd);
 	for (uint32_t i = 0; i < src->member_count; i++) {
 		free(src->members[i].name);
 		free(src->members[i].link);

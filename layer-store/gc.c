@@ -2,7 +2,8 @@
  *
  * Invariants: reference counts are derived from the records every time (never stored), so they
  * cannot drift; gc holds the store lock for its whole run, so no record can start referencing a
- * layer it is deleting (writers that add layers and then a record hold the lock across both);
+ * layer it is deleting, and it never removes what someone holds (an open layer, a held temp: see
+ * ls_claim), so work that adds layers and then a record keeps them by keeping them open;
  * fsck only reads and reports (each problem logged once, with what and where). */
 #include "layer-store/layer_store_private.h"
 
@@ -17,6 +18,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 /* A set of digests (sorted array, binary search). */
 struct digest_set {
@@ -161,7 +163,10 @@ static int sweep_dir(const char *dir, int (*keep)(const char *), unsigned min_ag
 		if ((size_t)snprintf(p, sizeof p, "%s/%s", dir, de->d_name) >= sizeof p) continue;
 		if (lstat(p, &st) < 0) continue;
 		if (min_age && now - st.st_mtime < (time_t)min_age) continue;
-		int rr = ls_remove_tree(p);
+		int fd, rr = ls_claim(p, &fd);
+		if (rr <= 0) continue; /* held: work in progress (or already gone) */
+		rr = ls_remove_tree(p);
+		if (fd >= 0) close(fd);
 		if (rr) {
 			log_warn("gc: remove %s: %s", p, strerror(-rr));
 			if (!r) r = rr;
@@ -205,9 +210,55 @@ struct sweep_ctx {
 static int sweep_container(const char *name, void *opaque)
 {
 	struct sweep_ctx *c = opaque;
-	char dir[OCIBLK_PATH_MAX];
-	if (!layer_store_container_dir(c->store, name, dir, sizeof dir)) sweep_dir(dir, atomic_tmp_entry, c->min_age, c->removed);
+	char dir[OCIBLK_PATH_MAX], lock[OCIBLK_PATH_MAX + 8];
+	int fd;
+	if (layer_store_container_dir(c->store, name, dir, sizeof dir)) return 0;
+	/* A device holding the container may be rewriting upper.map right now: its temp is live. */
+	snprintf(lock, sizeof lock, "%s/lock", dir);
+	if (ls_claim(lock, &fd) <= 0) return 0;
+	sweep_dir(dir, atomic_tmp_entry, c->min_age, c->removed);
+	if (fd >= 0) close(fd);
 	return 0;
+}
+
+/* Under the store lock, for a layer no record references: removes it unless someone has it
+ * open (pinned: a commit or an import before its record).  1 removed (*bytes its size), 0 kept,
+ * -errno. */
+static int remove_unpinned(struct layer_store *s, const char *digest, uint64_t *bytes)
+{
+	char p[OCIBLK_PATH_MAX];
+	struct stat st;
+	int fd, r = layer_store_layer_path(s, digest, p, sizeof p);
+	*bytes = 0;
+	if (r) return r;
+	r = ls_claim(p, &fd);
+	if (r == -ENOENT) return 1; /* gone already */
+	if (r <= 0) return r;
+	if (fd >= 0 && fstat(fd, &st) == 0) *bytes = (uint64_t)st.st_size;
+	r = vfs_unlink(p);
+	if (fd >= 0) close(fd);
+	if (r == -ENOENT) return 1;
+	if (r) return log_error(r, "gc: remove layer %s: %s", digest, strerror(-r));
+	log_info("gc: removed layer %s (%llu bytes)", digest, (unsigned long long)*bytes);
+	return 1;
+}
+
+int layer_store_layer_remove_unused(struct layer_store *s, const char *digest)
+{
+	struct refcount_ctx c = { .digest = digest };
+	struct walk w = { .store = s, .fn = refcount_fn, .opaque = &c };
+	char p[OCIBLK_PATH_MAX];
+	uint64_t bytes;
+	int r;
+	if (sha256_parse_digest(digest, NULL)) return log_error(-EINVAL, "remove layer: bad digest \"%s\"", digest);
+	r = layer_store_lock(s);
+	if (r) return r;
+	r = walk_records(&w);
+	if (!r && (w.bad_records || c.count)) r = 0; /* referenced, or maybe by an unreadable record */
+	else if (!r && (r = remove_unpinned(s, digest, &bytes)) == 1 && !(r = ls_path(s, p, sizeof p, "layers")))
+		r = vfs_fsync_dir(p) ? -EIO : 1;
+	layer_store_unlock(s);
+	return r;
 }
 
 int layer_store_gc(struct layer_store *s, unsigned min_tmp_age_seconds, struct layer_store_gc_stats *stats)
@@ -235,20 +286,18 @@ int layer_store_gc(struct layer_store *s, unsigned min_tmp_age_seconds, struct l
 	r = layer_store_layer_foreach(s, all_layers_fn, &all);
 	if (r) goto out;
 	for (size_t i = 0; i < all.n; i++) {
-		struct stat st;
+		uint64_t bytes;
 		if (set_has(&used, all.v[i])) continue;
-		r = layer_store_layer_path(s, all.v[i], p, sizeof p);
-		if (r) goto out;
-		if (stat(p, &st) < 0) continue;
-		r = vfs_unlink(p);
-		if (r) {
-			r = log_error(r, "gc: remove layer %s: %s", all.v[i], strerror(-r));
-			goto out;
+		r = remove_unpinned(s, all.v[i], &bytes);
+		if (r < 0) goto out;
+		if (r == 0) {
+			stats->layers_in_use++;
+			continue;
 		}
-		log_info("gc: removed layer %s (%llu bytes)", all.v[i], (unsigned long long)st.st_size);
 		stats->layers_removed++;
-		stats->bytes_freed += (uint64_t)st.st_size;
+		stats->bytes_freed += bytes;
 	}
+	r = 0;
 	if (stats->layers_removed && !(r = ls_path(s, p, sizeof p, "layers"))) r = vfs_fsync_dir(p);
 	if (r) goto out;
 

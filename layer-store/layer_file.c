@@ -244,6 +244,12 @@ int layer_open_path(const char *path, const char *digest_or_null, bool verify_di
 		goto out;
 	}
 	l->fd = r;
+	/* the pin: gc leaves a layer alone while anyone has it open */
+	r = ls_hold_fd(l->fd);
+	if (r) {
+		r = log_error(r, "open layer %s: %s", l->name, r == -ENOENT ? "removed by gc meanwhile" : strerror(-r));
+		goto out;
+	}
 	r = vfs_size(l->fd, &size);
 	if (r) {
 		r = log_error(r, "open layer %s: size: %s", l->name, strerror(-r));
@@ -677,17 +683,30 @@ int layer_writer_create(struct layer_store *store, const struct layer_writer_opt
 		w->cbuf = malloc(w->cbuf_len);
 		if (!w->cctx || !w->cbuf) goto nomem;
 	}
-	r = layer_store_tmp_path(store, "layer", w->tmp_path, sizeof w->tmp_path);
-	if (r) {
-		writer_free(w);
-		return r;
+	/* The temp is held (layer_store_tmp_hold's flock) until it is published or discarded, so gc
+	 * leaves it alone however long the layer takes to write; only a gc with age 0 could remove
+	 * it in the instant before the hold, and then a fresh one is made. */
+	for (int attempt = 0;; attempt++) {
+		r = layer_store_tmp_path(store, "layer", w->tmp_path, sizeof w->tmp_path);
+		if (r) {
+			writer_free(w);
+			return r;
+		}
+		r = vfs_open(w->tmp_path, O_RDWR | O_CREAT | O_EXCL, 0644);
+		if (r < 0) {
+			writer_free(w);
+			return log_error(r, "create layer %s: %s", w->tmp_path, strerror(-r));
+		}
+		w->fd = r;
+		r = ls_hold_fd(w->fd);
+		if (!r) break;
+		vfs_close(w->fd);
+		w->fd = -1;
+		if (r != -ENOENT || attempt == 3) {
+			writer_free(w);
+			return log_error(r, "create layer %s: hold: %s", w->tmp_path, strerror(-r));
+		}
 	}
-	r = vfs_open(w->tmp_path, O_RDWR | O_CREAT | O_EXCL, 0644);
-	if (r < 0) {
-		writer_free(w);
-		return log_error(r, "create layer %s: %s", w->tmp_path, strerror(-r));
-	}
-	w->fd = r;
 	*out = w;
 	return 0;
 nomem:
@@ -706,13 +725,44 @@ void layer_writer_abort(struct layer_writer *w)
 	writer_free(w);
 }
 
+/* Under the store lock (so no gc runs and no other writer publishes the same digest meanwhile):
+ * moves the finished, held temp to its digest name (or discards it when the layer exists), and
+ * opens the result when asked while the temp's hold still pins the inode. */
+static int writer_publish_locked(struct layer_writer *w, const char *digest, const char *final_path,
+				 struct layer **opened)
+{
+	char dir[OCIBLK_PATH_MAX];
+	struct stat st;
+	int r;
+	if (stat(final_path, &st) == 0) {
+		/* Identical content already published: keep the existing file. */
+		vfs_unlink(w->tmp_path);
+		return opened ? layer_open(w->store, digest, false, opened) : 0;
+	}
+	r = vfs_rename(w->tmp_path, final_path);
+	if (r) {
+		vfs_unlink(w->tmp_path);
+		return log_error(r, "publish layer %s: %s", digest, strerror(-r));
+	}
+	r = ls_path(w->store, dir, sizeof dir, "layers");
+	if (!r) r = vfs_fsync_dir(dir);
+	if (r) return log_error(r, "publish layer %s: fsync dir: %s", digest, strerror(-r));
+	return opened ? layer_open(w->store, digest, false, opened) : 0;
+}
+
 int layer_writer_commit(struct layer_writer *w, char digest_out[SHA256_DIGEST_STRLEN])
 {
+	return layer_writer_commit_open(w, digest_out, NULL);
+}
+
+int layer_writer_commit_open(struct layer_writer *w, char digest_out[SHA256_DIGEST_STRLEN], struct layer **opened)
+{
 	uint8_t *hdr = NULL, bin[SHA256_BYTES];
-	char final_path[OCIBLK_PATH_MAX], dir[OCIBLK_PATH_MAX];
+	char final_path[OCIBLK_PATH_MAX];
 	uint64_t index_len, file_size;
-	struct stat st;
 	int r = w->error;
+
+	if (opened) *opened = NULL;
 
 	if (r) goto out;
 	r = writer_flush_chunk(w);
@@ -764,22 +814,12 @@ int layer_writer_commit(struct layer_writer *w, char digest_out[SHA256_DIGEST_ST
 	sha256_format_digest(bin, digest_out);
 	r = layer_store_layer_path(w->store, digest_out, final_path, sizeof final_path);
 	if (r) goto out;
-	vfs_close(w->fd);
+	r = layer_store_lock(w->store);
+	if (r) goto out;
+	r = writer_publish_locked(w, digest_out, final_path, opened);
+	layer_store_unlock(w->store);
+	vfs_close(w->fd); /* the temp is published or gone: nothing to remove below */
 	w->fd = -1;
-	if (stat(final_path, &st) == 0) {
-		/* Identical content already published: keep the existing file. */
-		vfs_unlink(w->tmp_path);
-		goto out;
-	}
-	r = vfs_rename(w->tmp_path, final_path);
-	if (r) {
-		r = log_error(r, "publish layer %s: %s", digest_out, strerror(-r));
-		vfs_unlink(w->tmp_path);
-		goto out;
-	}
-	r = ls_path(w->store, dir, sizeof dir, "layers");
-	if (!r) r = vfs_fsync_dir(dir);
-	if (r) r = log_error(r, "publish layer %s: fsync dir: %s", digest_out, strerror(-r));
 out:
 	if (r && w->fd >= 0) {
 		vfs_close(w->fd);

@@ -49,6 +49,12 @@ void layer_store_unlock(struct layer_store *store);
 /* A fresh path for a temporary file inside the store (root/tmp/<prefix>.<pid>.<random>), on the
  * same filesystem as the layers so rename publishes it.  `ociblk gc` removes stale ones. */
 int layer_store_tmp_path(struct layer_store *store, const char *prefix, char *out, size_t out_len);
+/* Marks a temp file or directory (just created at a layer_store_tmp_path) as in use by taking a
+ * shared flock on it; returns the fd holding it (close it when done, before or after removing the
+ * entry).  gc never removes an entry of tmp/ while it is held, whatever its age.  -ENOENT when
+ * the entry was removed before the hold was taken (only a gc with age 0 can do that): create a
+ * fresh one. */
+int layer_store_tmp_hold(const char *path);
 
 /* Names of images and containers: 1..OCIBLK_NAME_MAX chars of [A-Za-z0-9._:/@+-], not starting
  * with '.' or '/', no "..".  0 or -EINVAL (logged, naming the name). */
@@ -95,7 +101,10 @@ struct layer_info {
 /* Opens and validates a layer: header, index checksum, index sortedness/bounds.  The file is
  * untrusted input: any inconsistency is -EIO (-EUCLEAN is not used) with a log line naming the
  * layer.  With verify_digest the whole file is re-hashed and must match digest (fsck does this;
- * the hot path does not, chunks are checked on every read instead). */
+ * the hot path does not, chunks are checked on every read instead).
+ * An open layer is pinned (a shared flock on its file until layer_close): gc never removes it,
+ * referenced or not, so work in progress (a commit before its record, an import before its image
+ * record) keeps its layers by keeping them open.  -ENOENT if gc removed it just before. */
 int layer_open(struct layer_store *store, const char *digest, bool verify_digest, struct layer **out);
 /* Opens a layer file by path, outside any store (fsck of a loose file, tests, fuzzing). */
 int layer_open_path(const char *path, const char *digest_or_null, bool verify_digest, struct layer **out);
@@ -148,6 +157,11 @@ int layer_writer_add_zero(struct layer_writer *w, uint64_t block_index, uint64_t
  * fsyncs the directory; digest_out receives "sha256:<hex>".  If an identical layer already exists
  * the temp file is discarded and the digest returned.  Frees w in every case. */
 int layer_writer_commit(struct layer_writer *w, char digest_out[SHA256_DIGEST_STRLEN]);
+/* The same, and *opened receives the published layer, open (so pinned: see layer_open) from
+ * before the store could see it, so no gc can remove it until the caller has written the record
+ * that references it and closed it.  Without this, a layer nothing references yet may be removed
+ * by a gc at any moment after layer_writer_commit returns. */
+int layer_writer_commit_open(struct layer_writer *w, char digest_out[SHA256_DIGEST_STRLEN], struct layer **opened);
 /* Discards the temp file and frees w. */
 void layer_writer_abort(struct layer_writer *w);
 
@@ -207,12 +221,19 @@ struct layer_store_gc_stats {
 	uint64_t bytes_freed;
 	uint64_t temp_files_removed;
 	uint64_t chain_records_removed;
+	uint64_t layers_in_use;     /* unreferenced but open (pinned) somewhere: kept */
 };
 /* References of a layer: the number of image and container records whose chain contains it. */
 int layer_store_layer_refcount(struct layer_store *store, const char *digest, uint64_t *count);
-/* Removes layers no record references, chain records of removed layers, and temp files older than
- * min_tmp_age_seconds (0 removes all: only when no other process uses the store). */
+/* Removes layers no record references and nobody has open, chain records of removed layers, and
+ * temp files older than min_tmp_age_seconds that nobody holds (layer_store_tmp_hold; temps of
+ * atomic writes inside a container directory are left while a device has the container open).
+ * Work in progress is recognised by its locks, not by its age: the age only covers the instant
+ * between creating a temp and holding it. */
 int layer_store_gc(struct layer_store *store, unsigned min_tmp_age_seconds, struct layer_store_gc_stats *stats);
+/* Removes one layer if no record references it and nobody has it open (for a failed import
+ * cleaning up after itself): 1 removed, 0 kept, -errno. */
+int layer_store_layer_remove_unused(struct layer_store *store, const char *digest);
 
 struct layer_store_fsck_report {
 	uint64_t layers_checked;

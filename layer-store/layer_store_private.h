@@ -87,4 +87,13 @@ int ls_is_hex64(const char *s);
 /* Removes a file or a directory tree (through vfs for files). */
 int ls_remove_tree(const char *path);
 
+/* "In use" is a flock (FORMAT.md section 4): users hold a shared one on a layer file or a temp
+ * entry; gc removes an entry only under an exclusive one it got without waiting.
+ * ls_hold_fd: shared flock on fd (waits while gc removes the entry), then -ENOENT if the entry is
+ * gone (gc removed it first).  ls_claim: 1 and *fd_out holding the exclusive flock (or -1 when the
+ * entry cannot be opened to be locked, e.g. a symlink: nobody can hold it), 0 when someone holds
+ * it, -ENOENT when it is gone. */
+int ls_hold_fd(int fd);
+int ls_claim(const char *path, int *fd_out);
+
 #endif

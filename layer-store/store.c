@@ -146,6 +146,32 @@ int ls_remove_tree(const char *path)
 	return vfs_unlink(path);
 }
 
+int ls_hold_fd(int fd)
+{
+	struct stat st;
+	int r;
+	while ((r = flock(fd, LOCK_SH)) < 0 && errno == EINTR)
+		;
+	if (r < 0 || fstat(fd, &st) < 0) return -errno;
+	return st.st_nlink ? 0 : -ENOENT;
+}
+
+int ls_claim(const char *path, int *fd_out)
+{
+	int fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC), r;
+	*fd_out = -1;
+	if (fd < 0) return errno == ENOENT ? -ENOENT : 1;
+	while ((r = flock(fd, LOCK_EX | LOCK_NB)) < 0 && errno == EINTR)
+		;
+	if (r < 0) {
+		r = errno;
+		close(fd);
+		return r == EWOULDBLOCK ? 0 : 1;
+	}
+	*fd_out = fd;
+	return 1;
+}
+
 static int mkdir_p(const char *path)
 {
 	char buf[OCIBLK_PATH_MAX];
@@ -272,6 +298,19 @@ int layer_store_tmp_path(struct layer_store *s, const char *prefix, char *out, s
 	int n = snprintf(out, out_len, "%s/tmp/%s.%d.%016llx", s->root, prefix, (int)getpid(), (unsigned long long)rnd);
 	if (n < 0 || (size_t)n >= out_len) return log_error(-ENAMETOOLONG, "temp path in %s: too long", s->root);
 	return 0;
+}
+
+int layer_store_tmp_hold(const char *path)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC), r;
+	if (fd < 0) return log_error(-errno, "hold %s: %s", path, strerror(errno));
+	r = ls_hold_fd(fd);
+	if (r) {
+		close(fd);
+		if (r == -ENOENT) return r; /* the caller makes a fresh one */
+		return log_error(r, "hold %s: %s", path, strerror(-r));
+	}
+	return fd;
 }
 
 /* ---------------------------------------------------------------- layers ------------------ */
