@@ -53,30 +53,6 @@ struct sim_conn {
 
 static int sim_connect(const struct xenif *x, struct sim_conn *c);
 
-static int sim_send(int fd, uint32_t op, uint32_t tx, const void *p1, uint32_t l1, const void *p2, uint32_t l2,
-		    const int *fds, unsigned nfds)
-{
-	struct xsim_hdr h = { op, tx, 0, l1 + l2 };
-	struct iovec iov[3] = { { &h, sizeof(h) }, { (void *)p1, l1 }, { (void *)p2, l2 } };
-	struct msghdr m = { .msg_iov = iov, .msg_iovlen = 3 };
-	char cbuf[CMSG_SPACE(sizeof(int) * 4)];
-	if (sizeof(h) + l1 + l2 > XSIM_MSG_MAX) return -E2BIG;
-	if (nfds) {
-		memset(cbuf, 0, sizeof(cbuf));
-		m.msg_control = cbuf;
-		m.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
-		struct cmsghdr *cm = CMSG_FIRSTHDR(&m);
-		cm->cmsg_level = SOL_SOCKET;
-		cm->cmsg_type = SCM_RIGHTS;
-		cm->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
-		memcpy(CMSG_DATA(cm), fds, sizeof(int) * nfds);
-	}
-	ssize_t r;
-	do r = sendmsg(fd, &m, MSG_NOSIGNAL);
-	while (r < 0 && errno == EINTR);
-	return r < 0 ? -errno : 0;
-}
-
 static void sim_queue_event(struct sim_conn *c, const char *p, uint32_t len)
 {
 	if (len == 0 || p[len - 1] != '\0') return;
@@ -107,7 +83,7 @@ static void sim_queue_event(struct sim_conn *c, const char *p, uint32_t len)
 /* Receives one message; flags MSG_DONTWAIT for polling.  *reply_len and fds are filled. */
 static int sim_recv(struct sim_conn *c, int flags, struct xsim_hdr *h, char *buf, int *fds, int *nfds)
 {
-	char cbuf[CMSG_SPACE(sizeof(int) * 4)];
+	char cbuf[CMSG_SPACE(sizeof(int) * XSIM_FDS_MAX)];
 	struct xsim_hdr hh;
 	struct iovec iov[2] = { { &hh, sizeof(hh) }, { buf, XSIM_MSG_MAX } };
 	struct msghdr m = { .msg_iov = iov, .msg_iovlen = 2, .msg_control = cbuf, .msg_controllen = sizeof(cbuf) };
@@ -116,17 +92,7 @@ static int sim_recv(struct sim_conn *c, int flags, struct xsim_hdr *h, char *buf
 	while (n < 0 && errno == EINTR);
 	if (n < 0) return -errno;
 	if (n == 0) return -ECONNRESET;
-	*nfds = 0;
-	for (struct cmsghdr *cm = CMSG_FIRSTHDR(&m); cm; cm = CMSG_NXTHDR(&m, cm)) {
-		if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS) continue;
-		int k = (int)((cm->cmsg_len - CMSG_LEN(0)) / sizeof(int));
-		for (int i = 0; i < k; i++) {
-			int fd;
-			memcpy(&fd, CMSG_DATA(cm) + i * sizeof(int), sizeof(int));
-			if (*nfds < 4) fds[(*nfds)++] = fd;
-			else close(fd);
-		}
-	}
+	*nfds = xsim_take_fds(&m, fds);
 	if ((size_t)n < sizeof(hh) || hh.len != (size_t)n - sizeof(hh)) {
 		for (int i = 0; i < *nfds; i++) close(fds[i]);
 		return -EPROTO;
@@ -140,7 +106,7 @@ static int sim_call(struct sim_conn *c, uint32_t op, uint32_t tx, const void *p1
 		    uint32_t l2, const int *fds_in, unsigned nfds_in, char *reply, uint32_t *reply_len, int *fds_out,
 		    int *nfds_out)
 {
-	int r = sim_send(c->fd, op, tx, p1, l1, p2, l2, fds_in, nfds_in);
+	int r = xsim_send(c->fd, op, tx, 0, p1, l1, p2, l2, fds_in, nfds_in);
 	if (r) return r;
 	char *buf = reply ? reply : malloc(XSIM_MSG_MAX);
 	if (!buf) return -ENOMEM;

@@ -79,5 +79,15 @@ static inline uint64_t xsim_guest_bytes(uint32_t npages, uint32_t ngrants)
 #define XSIM_NODES_MAX 100000u
 #define XSIM_WATCHES_MAX 128u             /* per connection */
 #define XSIM_PERMS_MAX 16u
+#define XSIM_FDS_MAX 4u                   /* file descriptors in one message */
+
+/* Framing (xensim_proto.c), for both sides.  xsim_send: one message with payload p1 then p2 and
+ * nfds fds as SCM_RIGHTS; 0 or -errno (-E2BIG past XSIM_MSG_MAX or XSIM_FDS_MAX).  xsim_take_fds:
+ * the fds a received message carried, into fds; past XSIM_FDS_MAX they are closed; returns how
+ * many were kept. */
+struct msghdr;
+int xsim_send(int fd, uint32_t op, uint32_t tx, int32_t err, const void *p1, uint32_t l1, const void *p2,
+	      uint32_t l2, const int *fds, unsigned nfds);
+int xsim_take_fds(struct msghdr *m, int fds[XSIM_FDS_MAX]);
 
 #endif

@@ -273,24 +273,7 @@ static void tree_rm(struct tree *t, const char *path)
 static int send_msg(int fd, uint32_t op, uint32_t tx, int32_t err, const void *payload, uint32_t len,
 		    const int *fds, unsigned nfds)
 {
-	struct xsim_hdr h = { op, tx, err, len };
-	struct iovec iov[2] = { { &h, sizeof(h) }, { (void *)payload, len } };
-	struct msghdr m = { .msg_iov = iov, .msg_iovlen = len ? 2 : 1 };
-	char cbuf[CMSG_SPACE(sizeof(int) * 4)];
-	if (nfds) {
-		memset(cbuf, 0, sizeof(cbuf));
-		m.msg_control = cbuf;
-		m.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
-		struct cmsghdr *c = CMSG_FIRSTHDR(&m);
-		c->cmsg_level = SOL_SOCKET;
-		c->cmsg_type = SCM_RIGHTS;
-		c->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
-		memcpy(CMSG_DATA(c), fds, sizeof(int) * nfds);
-	}
-	ssize_t r;
-	do r = sendmsg(fd, &m, MSG_NOSIGNAL);
-	while (r < 0 && errno == EINTR);
-	return r < 0 ? -errno : 0;
+	return xsim_send(fd, op, tx, err, payload, len, NULL, 0, fds, nfds);
 }
 
 static int reply(struct client *c, uint32_t tx, int err, const void *p, uint32_t len)
@@ -745,23 +728,13 @@ static int handle_msg(struct server *s, struct client *c, struct xsim_hdr *h, ch
 static int client_read(struct server *s, struct client *c)
 {
 	static char buf[XSIM_MSG_MAX];
-	char cbuf[CMSG_SPACE(sizeof(int) * 4)];
+	char cbuf[CMSG_SPACE(sizeof(int) * XSIM_FDS_MAX)];
 	struct iovec iov = { buf, sizeof(buf) };
 	struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = sizeof(cbuf) };
 	ssize_t n = recvmsg(c->fd, &m, MSG_CMSG_CLOEXEC);
 	if (n < 0) return errno == EINTR || errno == EAGAIN ? 0 : -errno;
 	if (n == 0) return -ECONNRESET;
-	int fds[4] = { -1, -1, -1, -1 }, nfds = 0;
-	for (struct cmsghdr *cm = CMSG_FIRSTHDR(&m); cm; cm = CMSG_NXTHDR(&m, cm)) {
-		if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS) continue;
-		int k = (int)((cm->cmsg_len - CMSG_LEN(0)) / sizeof(int));
-		for (int i = 0; i < k; i++) {
-			int fd;
-			memcpy(&fd, CMSG_DATA(cm) + i * sizeof(int), sizeof(int));
-			if (nfds < 4) fds[nfds++] = fd;
-			else close(fd);
-		}
-	}
+	int fds[XSIM_FDS_MAX] = { -1, -1, -1, -1 }, nfds = xsim_take_fds(&m, fds);
 	int r = 0;
 	struct xsim_hdr h;
 	if ((size_t)n < sizeof(h) || (m.msg_flags & (MSG_TRUNC | MSG_CTRUNC))) {
