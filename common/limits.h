@@ -91,6 +91,18 @@
 /* Buffer bytes in flight per connection: a new request is read only below this, so a client can
  * pin at most this plus one NBD_REQUEST_BYTES_MAX request of server memory. */
 #define NBD_INFLIGHT_BYTES_MAX (64u << 20)
+/* Payload buffers kept by a connection's idle slots (a stream of big requests then reuses them
+ * instead of allocating per request); buffers up to 256 KiB are always kept. */
+#define NBD_KEPT_BUFFER_BYTES_MAX (16u << 20)
+/* Receive buffer per connection: one recv takes in many pipelined requests (32 4 KiB writes are
+ * 132 KiB).  A WRITE payload longer than NBD_RECV_DIRECT_MIN_BYTES left to read goes straight
+ * into its own buffer instead. */
+#define NBD_RECV_BUFFER_BYTES (256u << 10)
+#define NBD_RECV_DIRECT_MIN_BYTES (64u << 10)
+/* Replies gathered per loop round and sent with one sendmsg: bytes copied (headers, errors, block
+ * status: at most 4 + 8 * NBD_BLOCK_STATUS_EXTENTS_MAX + 20) and iovecs (below IOV_MAX). */
+#define NBD_SEND_BUFFER_BYTES (64u << 10)
+#define NBD_SEND_IOVECS_MAX 256u
 /* Option payloads: export names are at most 4096 bytes by the protocol, meta-context queries a
  * few; anything longer is not a real client and the connection is closed. */
 #define NBD_OPTION_BYTES_MAX (64u << 10)

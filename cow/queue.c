@@ -8,17 +8,22 @@
  * any queue holds or awaits the range, the context is parked; the releasing thread grants it and
  * moves it to this queue's ready list (mutex) and signals the eventfd, and poll starts it.  A
  * started request either
- *   - goes to the ring: one readv/writev on upper.data when it touches only the upper (reads of
- *     upper blocks, overwrites, whole-block writes: cow_upper_direct), or an fsync for FLUSH;
- *     the CQE finishes it (state change for writes, then FUA's fsync + journal), or
+ *   - is one readv/writev on upper.data when it touches only the upper (reads of upper blocks,
+ *     overwrites, whole-block writes: cow_upper_direct): writes up to
+ *     COW_QUEUE_INLINE_WRITE_BYTES are a pwritev at start, bigger ones and reads go to the ring;
+ *     the result finishes it (upper_io_done: state change for writes, then FUA's fsync +
+ *     journal), or an fsync on the ring for FLUSH, or
  *   - runs synchronously at start (reads through the chain, first partial writes with their
  *     one-block copy-up, discard, write-zeroes) with the same code as the synchronous API.
  * Then the range is released (granting parked requests) and the completion queued; callbacks run
  * only in cow_queue_poll.  When vfs_is_posix() is false (crash tests) nothing uses the ring: every
  * request runs synchronously through common/vfs.h.
  * Reads first try preadv2(RWF_NOWAIT): a page-cache hit completes at once, without a thread hop;
- * misses go to the ring.  (Buffered writes stay on the ring: ext4 has no non-blocking buffered
- * write, and a write blocked on dirty-page throttling must not stall the caller's event loop.)
+ * misses go to the ring.  (ext4 has no non-blocking buffered write: a small inline write may
+ * block the caller's thread on dirty-page throttling, which only delays that queue's requests;
+ * big writes stay on the ring.)  OCIBLK_COW_RING_ONLY=1 sends all reads and writes through the
+ * ring (tests cover both paths).  Completions made at submit signal the eventfd once per poll
+ * round (self_signalled), not once per request.
  * Invariants: in_flight == contexts not free; a request's effect (data and state) is complete
  * before its range is released and before its completion is queued; nothing is allocated per
  * request. */
@@ -34,6 +39,12 @@
 #include "common/log.h"
 #include "common/vfs.h"
 #include "cow/cow_internal.h"
+
+/* Whole-block writes of upper.data up to this size are done with pwritev on the caller's thread:
+ * a buffered write to ext4 is a memcpy into the page cache, cheaper than the io-wq thread hop it
+ * takes through the ring (ext4 has no non-blocking buffered write, so the ring punts it).  Larger
+ * writes go through the ring, which overlaps their copy with the caller's next request. */
+#define COW_QUEUE_INLINE_WRITE_BYTES (64u << 10)
 
 enum ctx_stage { STAGE_IDLE, STAGE_PARKED, STAGE_IO, STAGE_FSYNC, STAGE_LOWER, STAGE_LOWER_IO, STAGE_DONE };
 
@@ -67,6 +78,7 @@ struct cow_queue {
 	pthread_mutex_t ready_mu;
 	struct cow_ctx *ready_head, *ready_tail;  /* granted by another thread, to start */
 	int event_fd;
+	bool self_signalled;  /* this thread wrote event_fd since poll_once last read it */
 	struct cow_chunk_cache cache;
 	/* buffers for stored chunks read through the ring */
 	uint8_t *pool;
@@ -82,6 +94,15 @@ static void signal_event(struct cow_queue *q)
 	uint64_t one = 1;
 	ssize_t k = write(q->event_fd, &one, sizeof one);
 	(void)k; /* EAGAIN only when the counter is saturated: it is readable then anyway */
+}
+
+/* On the queue's thread: completions wait for poll; one wakeup per poll round is enough. */
+static void signal_done(struct cow_queue *q)
+{
+	if (q->done_head && !q->self_signalled) {
+		q->self_signalled = true;
+		signal_event(q);
+	}
 }
 
 int cow_queue_create(struct cow_device *dev, unsigned depth, struct cow_queue **out)
@@ -110,7 +131,7 @@ int cow_queue_create(struct cow_device *dev, unsigned depth, struct cow_queue **
 	}
 	/* the ring is only used over real files */
 	q->use_ring = vfs_is_posix();
-	/* OCIBLK_COW_RING_ONLY=1 sends every read through the ring (tests cover that path with it) */
+	/* OCIBLK_COW_RING_ONLY=1 sends every read and write through the ring (tests cover that path) */
 	q->try_inline = !getenv("OCIBLK_COW_RING_ONLY");
 	if (q->use_ring && dev->max_stored_bytes) {
 		q->pool_n = depth < COW_QUEUE_CHUNK_BUFFERS ? depth : COW_QUEUE_CHUNK_BUFFERS;
@@ -373,6 +394,8 @@ static void lower_io_done(struct cow_ctx *c, int res)
 	}
 }
 
+static void upper_io_done(struct cow_ctx *c, int res);
+
 /* Runs a request whose range lock is held (or that needs none). */
 static void start(struct cow_ctx *c)
 {
@@ -399,6 +422,12 @@ static void start(struct cow_ctx *c)
 				push_done(c, 0);
 				return;
 			}
+		}
+		if (req->op == COW_OP_WRITE && q->try_inline && req->length_bytes <= COW_QUEUE_INLINE_WRITE_BYTES) {
+			/* a small buffered write costs less done here than the io-wq hop it takes on the ring */
+			ssize_t k = pwritev(dev->data_fd, req->iov, (int)req->iov_count, (off_t)req->offset_bytes);
+			upper_io_done(c, k < 0 ? -errno : (int)k);
+			return;
 		}
 		struct io_uring_sqe *sqe = get_sqe(q);
 		if (sqe) {
@@ -436,7 +465,6 @@ static void on_cqe(struct cow_ctx *c, int res)
 {
 	struct cow_queue *q = c->q;
 	struct cow_device *dev = q->dev;
-	struct cow_request *req = c->req;
 	if (c->stage == STAGE_LOWER_IO) {
 		lower_io_done(c, res);
 		return;
@@ -447,7 +475,15 @@ static void on_cqe(struct cow_ctx *c, int res)
 		push_done(c, r);
 		return;
 	}
-	/* STAGE_IO */
+	upper_io_done(c, res);
+}
+
+/* The readv/writev of upper.data of c (STAGE_IO) returned res. */
+static void upper_io_done(struct cow_ctx *c, int res)
+{
+	struct cow_queue *q = c->q;
+	struct cow_device *dev = q->dev;
+	struct cow_request *req = c->req;
 	int r = 0;
 	if (res < 0) {
 		r = log_error(res, "%s upper %s at %llu: %s", req->op == COW_OP_READ ? "read" : "write", dev->data_path,
@@ -492,7 +528,7 @@ int cow_queue_submit(struct cow_queue *q, struct cow_request *req)
 		c->locked = true; /* held once granted; release_range undoes both */
 		if (cow_range_try_acquire(q->dev, &c->lk, first, end, cow_req_modifies(req), wake_parked)) start(c);
 	}
-	if (q->done_head) signal_event(q);
+	signal_done(q);
 	return 0;
 }
 
@@ -502,6 +538,7 @@ static int poll_once(struct cow_queue *q)
 	uint64_t v;
 	ssize_t k = read(q->event_fd, &v, sizeof v);
 	(void)k;
+	q->self_signalled = false;
 	if (q->ring_ok) {
 		struct io_uring_cqe *cqe;
 		while (io_uring_peek_cqe(&q->ring, &cqe) == 0) {
@@ -555,7 +592,7 @@ int cow_queue_poll(struct cow_queue *q, unsigned min_complete)
 		int p = poll(&pfd, 1, -1);
 		if (p < 0 && errno != EINTR) return log_error(-errno, "poll queue: %s", strerror(errno));
 	}
-	if (q->done_head) signal_event(q); /* callbacks submitted more */
+	signal_done(q); /* callbacks submitted more */
 	return ran;
 }
 

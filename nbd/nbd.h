@@ -9,7 +9,8 @@
  *
  * Server model: one thread per connection, each with its own cow_queue; a connection reads
  * requests while earlier ones are in flight (at most NBD_INFLIGHT_MAX requests and about
- * NBD_INFLIGHT_BYTES_MAX bytes of buffers), and writes each reply when its request completes.
+ * NBD_INFLIGHT_BYTES_MAX bytes of buffers), and sends the replies of the requests completed in
+ * one round of its loop together.
  * Only that thread writes to its socket, so replies never interleave.  One slow or hostile
  * client only ever blocks its own thread.
  *

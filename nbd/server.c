@@ -11,12 +11,20 @@
  *   - A request is replied to only after cow/ reported its completion, so a FLUSH (submitted
  *     after its header arrived) covers every write we replied to before, as the protocol asks.
  *   - Input is read without blocking and only while a slot is free and fewer than
- *     NBD_INFLIGHT_BYTES_MAX buffer bytes are in flight: a flood waits in the socket.
+ *     NBD_INFLIGHT_BYTES_MAX buffer bytes are in flight: a flood waits in the socket.  One recv
+ *     takes in up to NBD_RECV_BUFFER_BYTES (many pipelined requests); bytes received but not
+ *     yet acted on stay in rbuf until a slot frees; the rest of a big WRITE payload goes straight
+ *     into its slot's buffer.
+ *   - Replies are gathered during one round of the connection loop (completions reaped, input
+ *     acted on) and sent together with one sendmsg before the thread sleeps; a READ's data is
+ *     sent from its slot's buffer, so such a slot is released only after that send.  Nothing in
+ *     the loop allocates: slot buffers are kept (up to NBD_KEPT_BUFFER_BYTES_MAX) and reused.
  *   - Unaligned (not 512-byte) requests are done synchronously, read-modify-write under the
  *     export's rmw_lock; we advertise a 512-byte minimum block size, so clients rarely send them. */
 #include "nbd/nbd.h"
 
 #include <arpa/inet.h>
+#include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
@@ -70,6 +78,7 @@ struct nbd_slot {
 	uint64_t next_offset, end_offset;  /* TRIM / WRITE_ZEROES issued in pieces */
 	bool flush_after;                  /* TRIM with FUA: a flush follows the discard */
 	bool busy;
+	bool out_ref;                      /* the send queue points into buf: released after the send */
 	struct nbd_slot *next;             /* free list or pending (resubmit) list */
 };
 
@@ -93,8 +102,14 @@ struct nbd_conn {
 	struct nbd_slot *slots, *free_slots, *pending;
 	unsigned inflight;
 	uint64_t inflight_bytes;
-	uint8_t hdr[NBD_REQUEST_HEADER_BYTES];
-	uint32_t hdr_got;
+	uint64_t buf_bytes;                /* payload buffer bytes held by all slots */
+	uint8_t *rbuf;                     /* received bytes [rpos, rlen) not yet consumed */
+	uint32_t rpos, rlen;
+	uint8_t *obuf;                     /* replies of this round: bytes copied here ... */
+	uint32_t olen;
+	struct iovec oiov[NBD_SEND_IOVECS_MAX]; /* ... and the iovecs to send, into obuf or slot buffers */
+	unsigned oiov_n;
+	struct nbd_slot *held;             /* slots with out_ref, released by conn_out_flush */
 	struct nbd_slot *in_slot;          /* WRITE whose payload is being read */
 	uint32_t payload_got;
 	uint32_t discard_left;             /* payload of a rejected WRITE being dropped */
@@ -531,19 +546,60 @@ static int conn_handshake(struct nbd_conn *c)
 
 /* ---------------------------------------------------------------- replies ------------------ */
 
-static void reply_simple(struct nbd_conn *c, uint64_t handle, uint32_t error, const void *data, uint32_t len)
+static void slot_put(struct nbd_conn *c, struct nbd_slot *s);
+
+/* Replies are gathered during one round of the connection loop and sent by conn_out_flush with
+ * one sendmsg: headers and small payloads are copied into obuf, a READ's data is pointed at in
+ * its slot's buffer (the slot is then released only after the send). */
+static void conn_out_flush(struct nbd_conn *c)
+{
+	if (c->oiov_n) conn_sendv(c, c->oiov, (int)c->oiov_n); /* marks c->broken on failure */
+	c->oiov_n = 0;
+	c->olen = 0;
+	while (c->held) {
+		struct nbd_slot *s = c->held;
+		c->held = s->next;
+		s->out_ref = false;
+		slot_put(c, s);
+	}
+}
+
+/* Appends len bytes to the round's replies: copied when owner is NULL, else pointed at (owner's
+ * buffer stays put until the send). */
+static void conn_out(struct nbd_conn *c, const void *p, uint32_t len, struct nbd_slot *owner)
+{
+	if (!len) return;
+	if (c->oiov_n == NBD_SEND_IOVECS_MAX || (!owner && c->olen + len > NBD_SEND_BUFFER_BYTES)) conn_out_flush(c);
+	if (owner) {
+		owner->out_ref = true;
+		c->oiov[c->oiov_n++] = (struct iovec){ (void *)p, len };
+		return;
+	}
+	/* every copied piece is at most a header, an error message or a block status reply */
+	assert(len <= NBD_SEND_BUFFER_BYTES);
+	uint8_t *dst = c->obuf + c->olen;
+	memcpy(dst, p, len);
+	c->olen += len;
+	struct iovec *last = c->oiov_n ? &c->oiov[c->oiov_n - 1] : NULL;
+	if (last && (uint8_t *)last->iov_base + last->iov_len == dst) last->iov_len += len;
+	else c->oiov[c->oiov_n++] = (struct iovec){ dst, len };
+}
+
+static void reply_simple(struct nbd_conn *c, uint64_t handle, uint32_t error, const void *data, uint32_t len,
+			 struct nbd_slot *owner)
 {
 	uint8_t h[16];
 	put_be32(h, NBD_MAGIC_SIMPLE_REPLY);
 	put_be32(h + 4, error);
 	put_be64(h + 8, handle);
-	struct iovec iov[2] = { { h, 16 }, { (void *)data, len } };
-	conn_sendv(c, iov, len ? 2 : 1);
+	conn_out(c, h, 16, NULL);
+	conn_out(c, data, len, owner);
 }
 
-/* One structured chunk: header, a small fixed part, then optional data. */
+/* One structured chunk: header, a small fixed part, then optional data (in owner's buffer, or
+ * copied when owner is NULL). */
 static void reply_chunk(struct nbd_conn *c, uint64_t handle, uint16_t flags, uint16_t type, const void *fixed,
-			uint32_t fixed_len, const void *data, uint32_t len)
+			uint32_t fixed_len, const void *data, uint32_t len, struct nbd_slot *owner)
 {
 	uint8_t h[20];
 	put_be32(h, NBD_MAGIC_STRUCTURED_REPLY);
@@ -551,14 +607,15 @@ static void reply_chunk(struct nbd_conn *c, uint64_t handle, uint16_t flags, uin
 	put_be16(h + 6, type);
 	put_be64(h + 8, handle);
 	put_be32(h + 16, fixed_len + len);
-	struct iovec iov[3] = { { h, 20 }, { (void *)fixed, fixed_len }, { (void *)data, len } };
-	conn_sendv(c, iov, len ? 3 : fixed_len ? 2 : 1);
+	conn_out(c, h, 20, NULL);
+	conn_out(c, fixed, fixed_len, NULL);
+	conn_out(c, data, len, owner);
 }
 
 static void reply_error(struct nbd_conn *c, const struct nbd_request *r, uint32_t error)
 {
 	if (!c->structured) {
-		reply_simple(c, r->handle, error, NULL, 0);
+		reply_simple(c, r->handle, error, NULL, 0, NULL);
 		return;
 	}
 	const char *msg = strerror((int)error);
@@ -567,20 +624,23 @@ static void reply_error(struct nbd_conn *c, const struct nbd_request *r, uint32_
 	uint8_t p[6];
 	put_be32(p, error);
 	put_be16(p + 4, (uint16_t)n);
-	reply_chunk(c, r->handle, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_ERROR, p, 6, msg, (uint32_t)n);
+	reply_chunk(c, r->handle, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_ERROR, p, 6, msg, (uint32_t)n, NULL);
 }
 
 static void reply_ok(struct nbd_conn *c, const struct nbd_request *r)
 {
-	reply_simple(c, r->handle, 0, NULL, 0);
+	reply_simple(c, r->handle, 0, NULL, 0, NULL);
 }
 
-/* A successful READ of r's range, whose data is at buf. */
-static void reply_read(struct nbd_conn *c, const struct nbd_request *r, const uint8_t *buf)
+/* A successful READ of s's range, whose data is in s->buf (sent from there: the caller's
+ * slot_put releases s only after the send). */
+static void reply_read(struct nbd_conn *c, struct nbd_slot *s)
 {
+	const struct nbd_request *r = &s->nreq;
+	const uint8_t *buf = s->buf;
 	const uint32_t len = r->length_bytes;
 	if (!c->structured) {
-		reply_simple(c, r->handle, 0, buf, len);
+		reply_simple(c, r->handle, 0, buf, len, s);
 		return;
 	}
 	if (!(r->flags & NBD_CMD_FLAG_DF) && len >= HOLE_SCAN_MIN_BYTES) {
@@ -613,9 +673,9 @@ static void reply_read(struct nbd_conn *c, const struct nbd_request *r, const ui
 				put_be64(p, r->offset_bytes + run[i].start);
 				if (run[i].hole) {
 					put_be32(p + 8, run[i].len);
-					reply_chunk(c, r->handle, fl, NBD_REPLY_TYPE_OFFSET_HOLE, p, 12, NULL, 0);
+					reply_chunk(c, r->handle, fl, NBD_REPLY_TYPE_OFFSET_HOLE, p, 12, NULL, 0, NULL);
 				} else {
-					reply_chunk(c, r->handle, fl, NBD_REPLY_TYPE_OFFSET_DATA, p, 8, buf + run[i].start, run[i].len);
+					reply_chunk(c, r->handle, fl, NBD_REPLY_TYPE_OFFSET_DATA, p, 8, buf + run[i].start, run[i].len, s);
 				}
 			}
 			return;
@@ -623,20 +683,27 @@ static void reply_read(struct nbd_conn *c, const struct nbd_request *r, const ui
 	}
 	uint8_t p[8];
 	put_be64(p, r->offset_bytes);
-	reply_chunk(c, r->handle, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_OFFSET_DATA, p, 8, buf, len);
+	reply_chunk(c, r->handle, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_OFFSET_DATA, p, 8, buf, len, s);
 }
 
 /* ---------------------------------------------------------------- requests ----------------- */
 
+static void slot_buffer_free(struct nbd_conn *c, struct nbd_slot *s)
+{
+	c->buf_bytes -= s->buf_cap;
+	free(s->buf);
+	s->buf = NULL;
+	s->buf_cap = 0;
+}
+
 static int slot_buffer(struct nbd_conn *c, struct nbd_slot *s, size_t len)
 {
 	if (s->buf_cap < len) {
-		free(s->buf);
-		s->buf = NULL;
-		s->buf_cap = 0;
+		slot_buffer_free(c, s);
 		size_t cap = len < SECTOR ? SECTOR : len;
 		if (posix_memalign((void **)&s->buf, COW_BLOCK_SIZE, cap)) return -ENOMEM;
 		s->buf_cap = cap;
+		c->buf_bytes += cap;
 	}
 	s->accounted_bytes = len;
 	c->inflight_bytes += len;
@@ -655,15 +722,19 @@ static struct nbd_slot *slot_get(struct nbd_conn *c)
 	return s;
 }
 
+/* Releases s, or (when the send queue points into its buffer) holds it until conn_out_flush. */
 static void slot_put(struct nbd_conn *c, struct nbd_slot *s)
 {
+	if (s->out_ref) {
+		s->next = c->held;
+		c->held = s;
+		return;
+	}
 	c->inflight_bytes -= s->accounted_bytes;
 	s->accounted_bytes = 0;
-	if (s->buf_cap > SLOT_BUF_KEEP_BYTES) {
-		free(s->buf);
-		s->buf = NULL;
-		s->buf_cap = 0;
-	}
+	/* big buffers are kept for the next request while all buffers stay under a budget (a
+	 * stream of 1 MiB requests then allocates nothing) */
+	if (s->buf_cap > SLOT_BUF_KEEP_BYTES && c->buf_bytes > NBD_KEPT_BUFFER_BYTES_MAX) slot_buffer_free(c, s);
 	s->busy = false;
 	s->next = c->free_slots;
 	c->free_slots = s;
@@ -732,7 +803,7 @@ static void slot_complete(struct cow_request *req, int result)
 		return;
 	}
 done:
-	if (s->nreq.type == NBD_CMD_READ) reply_read(c, &s->nreq, s->buf);
+	if (s->nreq.type == NBD_CMD_READ) reply_read(c, s);
 	else reply_ok(c, &s->nreq);
 	slot_put(c, s);
 }
@@ -844,7 +915,7 @@ static void do_block_status(struct nbd_conn *c, const struct nbd_request *r)
 	}
 	put_be32(out + 4 + 8 * (n - 1), last_len);
 	put_be32(out + 8 + 8 * (n - 1), last_flags);
-	reply_chunk(c, r->handle, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_BLOCK_STATUS, out, 4 + 8 * n, NULL, 0);
+	reply_chunk(c, r->handle, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_BLOCK_STATUS, out, 4 + 8 * n, NULL, 0, NULL);
 }
 
 static bool aligned(const struct nbd_request *r)
@@ -863,7 +934,7 @@ static void slot_execute(struct nbd_conn *c, struct nbd_slot *s)
 		if (!aligned(r)) {
 			int rc = do_unaligned(c, s);
 			if (rc < 0) reply_error(c, r, nbd_errno_to_wire(rc));
-			else if (r->type == NBD_CMD_READ) reply_read(c, r, s->buf);
+			else if (r->type == NBD_CMD_READ) reply_read(c, s);
 			else reply_ok(c, r);
 			slot_put(c, s);
 			return;
@@ -928,7 +999,8 @@ static void slot_execute(struct nbd_conn *c, struct nbd_slot *s)
 }
 
 /* No more input (DISC, EOF, shutdown): a request whose payload was still arriving is dropped
- * (it was never acknowledged, so nothing is lost that was promised). */
+ * (it was never acknowledged, so nothing is lost that was promised), and so are received bytes
+ * not yet acted on. */
 static void conn_stop_input(struct nbd_conn *c)
 {
 	c->disc = true;
@@ -937,16 +1009,15 @@ static void conn_stop_input(struct nbd_conn *c)
 		c->in_slot = NULL;
 	}
 	c->discard_left = 0;
-	c->hdr_got = 0;
+	c->rpos = c->rlen = 0;
 }
 
-/* A full header arrived in c->hdr. */
-static void conn_header(struct nbd_conn *c)
+/* A full request header arrived at hdr. */
+static void conn_header(struct nbd_conn *c, const uint8_t *hdr)
 {
 	struct nbd_request r;
 	uint32_t err;
-	enum nbd_verdict v = nbd_request_validate(c->hdr, &c->sess, &r, &err);
-	c->hdr_got = 0;
+	enum nbd_verdict v = nbd_request_validate(hdr, &c->sess, &r, &err);
 	if (v == NBD_VERDICT_CLOSE) {
 		log_warn("nbd conn %u: protocol violation (bad magic or oversized write): closing", c->id);
 		c->broken = true;
@@ -989,48 +1060,88 @@ static void conn_header(struct nbd_conn *c)
 	slot_execute(c, s);
 }
 
-/* Reads what the socket has (without blocking) and acts on complete requests. */
+/* true while the next input can be acted on: a payload is arriving, or a new request fits (a
+ * slot is free and buffers in flight are under their budget). */
+static bool conn_input_wanted(const struct nbd_conn *c)
+{
+	return !c->disc && !c->broken &&
+	       (c->in_slot || c->discard_left || (c->free_slots && c->inflight_bytes < NBD_INFLIGHT_BYTES_MAX));
+}
+
+/* A WRITE payload got its last byte. */
+static void conn_payload_done(struct nbd_conn *c)
+{
+	struct nbd_slot *s = c->in_slot;
+	c->in_slot = NULL;
+	slot_execute(c, s);
+}
+
+/* Acts on the received bytes in rbuf as far as they and the free slots go. */
+static void conn_consume(struct nbd_conn *c)
+{
+	while (conn_input_wanted(c)) {
+		uint32_t avail = c->rlen - c->rpos;
+		const uint8_t *p = c->rbuf + c->rpos;
+		if (c->discard_left) {
+			uint32_t k = avail < c->discard_left ? avail : c->discard_left;
+			if (!k) return;
+			c->rpos += k;
+			c->discard_left -= k;
+			if (!c->discard_left) reply_error(c, &c->discard_req, c->discard_error);
+		} else if (c->in_slot) {
+			uint32_t want = c->in_slot->nreq.length_bytes - c->payload_got;
+			uint32_t k = avail < want ? avail : want;
+			if (!k && want) return;
+			memcpy(c->in_slot->buf + c->payload_got, p, k);
+			c->rpos += k;
+			c->payload_got += k;
+			if (c->payload_got == c->in_slot->nreq.length_bytes) conn_payload_done(c);
+		} else {
+			if (avail < NBD_REQUEST_HEADER_BYTES) return;
+			c->rpos += NBD_REQUEST_HEADER_BYTES;
+			conn_header(c, p);
+		}
+	}
+}
+
+/* Reads what the socket has (without blocking) and acts on complete requests.  Bytes are
+ * received in big batches into rbuf (many small requests per recv); the rest of a big WRITE
+ * payload is received straight into its slot's buffer. */
 static void conn_read_input(struct nbd_conn *c)
 {
-	static __thread uint8_t scratch[64 << 10];
-	for (unsigned iter = 0; iter < 64 && !c->broken && !c->disc; iter++) {
-		void *dst;
-		size_t want;
-		if (c->discard_left) {
-			dst = scratch;
-			want = c->discard_left < sizeof(scratch) ? c->discard_left : sizeof(scratch);
-		} else if (c->in_slot) {
-			dst = c->in_slot->buf + c->payload_got;
-			want = c->in_slot->nreq.length_bytes - c->payload_got;
+	for (unsigned iter = 0; iter < 64; iter++) {
+		conn_consume(c);
+		if (!conn_input_wanted(c)) return;
+		ssize_t n;
+		if (c->in_slot && c->rpos == c->rlen &&
+		    c->in_slot->nreq.length_bytes - c->payload_got >= NBD_RECV_DIRECT_MIN_BYTES) {
+			struct nbd_slot *s = c->in_slot;
+			n = recv(c->fd, s->buf + c->payload_got, s->nreq.length_bytes - c->payload_got, MSG_DONTWAIT);
+			if (n > 0) {
+				c->payload_got += (uint32_t)n;
+				if (c->payload_got == s->nreq.length_bytes) conn_payload_done(c);
+				continue;
+			}
 		} else {
-			if (!c->free_slots || c->inflight_bytes >= NBD_INFLIGHT_BYTES_MAX) return;
-			dst = c->hdr + c->hdr_got;
-			want = NBD_REQUEST_HEADER_BYTES - c->hdr_got;
+			/* keep the unconsumed tail (a partial header or payload) at the start */
+			if (c->rpos) {
+				memmove(c->rbuf, c->rbuf + c->rpos, c->rlen - c->rpos);
+				c->rlen -= c->rpos;
+				c->rpos = 0;
+			}
+			n = recv(c->fd, c->rbuf + c->rlen, NBD_RECV_BUFFER_BYTES - c->rlen, MSG_DONTWAIT);
+			if (n > 0) {
+				c->rlen += (uint32_t)n;
+				continue;
+			}
 		}
-		ssize_t n = recv(c->fd, dst, want, MSG_DONTWAIT);
 		if (n == 0) {
 			conn_stop_input(c); /* client closed: whatever it half-sent is dropped */
 			return;
 		}
-		if (n < 0) {
-			if (errno == EINTR) continue;
-			if (errno != EAGAIN && errno != EWOULDBLOCK) c->broken = true;
-			return;
-		}
-		if (c->discard_left) {
-			c->discard_left -= (uint32_t)n;
-			if (!c->discard_left) reply_error(c, &c->discard_req, c->discard_error);
-		} else if (c->in_slot) {
-			c->payload_got += (uint32_t)n;
-			if (c->payload_got == c->in_slot->nreq.length_bytes) {
-				struct nbd_slot *s = c->in_slot;
-				c->in_slot = NULL;
-				slot_execute(c, s);
-			}
-		} else {
-			c->hdr_got += (uint32_t)n;
-			if (c->hdr_got == NBD_REQUEST_HEADER_BYTES) conn_header(c);
-		}
+		if (errno == EINTR) continue;
+		if (errno != EAGAIN && errno != EWOULDBLOCK) c->broken = true;
+		return;
 	}
 }
 
@@ -1042,11 +1153,12 @@ static void conn_transmission(struct nbd_conn *c)
 		return;
 	}
 	c->slots = calloc(NBD_INFLIGHT_MAX, sizeof(*c->slots));
-	if (!c->slots) {
-		cow_queue_destroy(c->q);
-		c->q = NULL;
-		log_error(-ENOMEM, "nbd conn %u: allocate slots", c->id);
-		return;
+	c->rbuf = malloc(NBD_RECV_BUFFER_BYTES);
+	c->obuf = malloc(NBD_SEND_BUFFER_BYTES);
+	if (!c->slots || !c->rbuf || !c->obuf) {
+		log_error(-ENOMEM, "nbd conn %u: allocate connection buffers", c->id);
+		c->broken = true;
+		goto out;
 	}
 	for (unsigned i = NBD_INFLIGHT_MAX; i-- > 0;) {
 		c->slots[i].conn = c;
@@ -1059,6 +1171,8 @@ static void conn_transmission(struct nbd_conn *c)
 		c->broken = true;
 	}
 	bool stopping = false;
+	/* One round: start follow-up pieces, reap completions, act on buffered input, send the
+	 * round's replies together, then sleep until the socket, the queue or a stop wakes us. */
 	while (!c->broken) {
 		conn_submit_pending(c);
 		rc = cow_queue_poll(c->q, 0);
@@ -1067,11 +1181,15 @@ static void conn_transmission(struct nbd_conn *c)
 			c->broken = true;
 			break;
 		}
+		conn_consume(c);
+		conn_out_flush(c);
 		if (c->broken) break;
 		if (c->pending) continue; /* callbacks queued follow-up pieces */
 		if (c->disc && c->inflight == 0) break;
-		bool want_in = !c->disc && (c->in_slot || c->discard_left ||
-					    (c->free_slots && c->inflight_bytes < NBD_INFLIGHT_BYTES_MAX));
+		/* held slots came free in the flush: buffered requests may go on now */
+		if (conn_input_wanted(c) && c->rlen - c->rpos >= NBD_REQUEST_HEADER_BYTES && !c->in_slot && !c->discard_left)
+			continue;
+		bool want_in = conn_input_wanted(c);
 		struct pollfd p[3] = {
 			{ c->fd, want_in ? POLLIN : 0, 0 },
 			{ efd, POLLIN, 0 },
@@ -1087,24 +1205,29 @@ static void conn_transmission(struct nbd_conn *c)
 			stopping = true;
 			conn_stop_input(c);
 		}
-		if (p[1].revents & POLLIN) {
-			/* poll just said it is readable and only this thread reads it: cannot block */
-			uint64_t v;
-			if (read(efd, &v, sizeof(v)) < 0 && errno != EAGAIN) c->broken = true;
-		}
+		/* efd is reset by cow_queue_poll at the top of the loop */
 		if (p[0].revents & POLLERR) c->broken = true;
 		else if (p[0].revents & POLLIN) conn_read_input(c);
 		else if (p[0].revents & POLLHUP) conn_stop_input(c);
 	}
 	/* Broken or done: let what is in flight finish (a broken socket gets no more replies and
 	 * follow-up pieces are not submitted). */
-	while (cow_queue_in_flight(c->q) > 0)
+	while (cow_queue_in_flight(c->q) > 0) {
 		if (cow_queue_poll(c->q, 1) < 0) break;
+		conn_out_flush(c);
+	}
+out:
+	conn_out_flush(c);
 	cow_queue_destroy(c->q);
 	c->q = NULL;
-	for (unsigned i = 0; i < NBD_INFLIGHT_MAX; i++) free(c->slots[i].buf);
+	if (c->slots)
+		for (unsigned i = 0; i < NBD_INFLIGHT_MAX; i++) free(c->slots[i].buf);
 	free(c->slots);
 	c->slots = NULL;
+	free(c->rbuf);
+	c->rbuf = NULL;
+	free(c->obuf);
+	c->obuf = NULL;
 }
 
 static void *conn_thread(void *arg)

@@ -219,7 +219,7 @@ static void test_lower_reads(struct layer_store *s, uint64_t *rng)
 				bad++;
 	}
 	TAP_IS(bad, 0, "%u reads, %d in flight at once, returned the chain's data (%s)", total, RD_DEPTH,
-	       getenv("OCIBLK_COW_RING_ONLY") ? "all through io_uring" : "page-cache hits inline");
+	       getenv("OCIBLK_COW_RING_ONLY") ? "all through io_uring" : "page-cache hits and small writes inline");
 	cow_queue_destroy(q);
 	cow_device_close(img);
 	free(model);
