@@ -765,8 +765,9 @@ static int open_disk(struct bb_dev *d, const char *store_root)
 	r = layer_store_open(store_root, 0, &d->store);
 	if (!r) {
 		struct container_record rec;
-		if (layer_store_container_get(d->store, params, &rec) == 0) r = cow_device_open_container(d->store, params, &d->cow);
-		else r = cow_device_open_image(d->store, params, &d->cow);
+		if (layer_store_container_get(d->store, params, &rec) != 0) r = cow_device_open_image(d->store, params, &d->cow);
+		else if (d->readonly) r = cow_device_open_container_readonly(d->store, params, &d->cow);
+		else r = cow_device_open_container(d->store, params, &d->cow);
 	}
 	if (r) {
 		be_write(d, "error", "cannot open %s", params);

@@ -11,9 +11,10 @@ enum cli_device_kind {
 };
 
 /* Opens name as want says (ANY: whichever exists; both existing is -EINVAL).  Containers open
- * read-write (their lock is taken: -EBUSY when in use), images read-only.  Errors are logged with
- * cmd as the operation. */
+ * read-write (their lock is taken: -EBUSY when in use), or with readonly read-only (nothing of the
+ * container is written; -EBUSY while a device has it read-write); images always read-only.
+ * Errors are logged with cmd as the operation. */
 int cli_device_open(struct layer_store *store, const char *cmd, const char *name, enum cli_device_kind want,
-		    struct cow_device **out, enum cli_device_kind *kind_out);
+		    bool readonly, struct cow_device **out, enum cli_device_kind *kind_out);
 
 #endif

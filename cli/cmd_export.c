@@ -72,7 +72,7 @@ static int cmd_export(int argc, char **argv, const struct cli_globals *g)
 	CLEANUP_FREE unsigned char *buf = NULL;
 	int fd = -1;
 	uint64_t data_bytes = 0, size = 0;
-	int err = cli_device_open(store, "export", name, want, &dev, NULL);
+	int err = cli_device_open(store, "export", name, want, true, &dev, NULL);
 	if (err) goto out;
 	size = cow_device_size_bytes(dev);
 	if (posix_memalign((void **)&buf, 4096, EXPORT_BUF_BYTES)) {

@@ -99,7 +99,7 @@ static int cmd_write(int argc, char **argv, const struct cli_globals *g)
 	struct cow_device *dev = NULL;
 	CLEANUP_FREE unsigned char *buf = NULL, *data = NULL;
 	uint64_t total = 0, size = 0;
-	int err = cli_device_open(store, "write", name, CLI_DEVICE_CONTAINER, &dev, NULL);
+	int err = cli_device_open(store, "write", name, CLI_DEVICE_CONTAINER, false, &dev, NULL);
 	if (err) goto out;
 	size = cow_device_size_bytes(dev);
 	if (posix_memalign((void **)&buf, 4096, IO_BUF_BYTES) || !(data = malloc(IO_PIECE_BYTES))) {
@@ -187,7 +187,7 @@ static int cmd_read(int argc, char **argv, const struct cli_globals *g)
 	if (cli_store_open(g, false, &store)) return 1;
 	struct cow_device *dev = NULL;
 	CLEANUP_FREE unsigned char *buf = NULL;
-	int err = cli_device_open(store, "read", name, want, &dev, NULL);
+	int err = cli_device_open(store, "read", name, want, true, &dev, NULL);
 	if (err) goto out;
 	uint64_t size = cow_device_size_bytes(dev);
 	if (!ck_range_within(off, len, size)) {

@@ -1,5 +1,5 @@
-/* Opening a device by the name a user typed: a container (read-write, or read-only use of it)
- * or an image (read-only).  Shared by export, read and write. */
+/* Opening a device by the name a user typed: a container (read-write, or read-only for commands
+ * that only read: they write nothing of it) or an image (read-only).  Shared by export, read and write. */
 #include "cli/cli_device.h"
 #include "common/log.h"
 
@@ -7,7 +7,7 @@
 #include <string.h>
 
 int cli_device_open(struct layer_store *store, const char *cmd, const char *name, enum cli_device_kind want,
-		    struct cow_device **out, enum cli_device_kind *kind_out)
+		    bool readonly, struct cow_device **out, enum cli_device_kind *kind_out)
 {
 	struct container_record ctr;
 	struct image_record img;
@@ -41,7 +41,8 @@ int cli_device_open(struct layer_store *store, const char *cmd, const char *name
 		return log_error(-ENOENT, "%s: no %s named '%s'", cmd, what, name);
 	}
 	if (have_ctr) {
-		err = cow_device_open_container(store, name, out);
+		err = readonly ? cow_device_open_container_readonly(store, name, out)
+			       : cow_device_open_container(store, name, out);
 		if (err == -EBUSY) log_error(err, "%s: container '%s' is in use", cmd, name);
 		if (!err && kind_out) *kind_out = CLI_DEVICE_CONTAINER;
 		return err;

@@ -48,6 +48,15 @@ struct cow_queue;  /* opaque */
 
 /* A container, read-write (takes the container lock: -EBUSY if another device holds it). */
 int cow_device_open_container(struct layer_store *store, const char *container, struct cow_device **out);
+/* A container, read-only: its chain and its upper as the last read-write device left them on disk
+ * (every flushed write; after a crash, what a read-write open would recover).  It never writes,
+ * creates, truncates or renames any file: not upper.data, not upper.map (a torn journal tail is
+ * ignored, not cut; a map one commit behind its record reads as the empty upper that commit left,
+ * without resetting it; a container never opened read-write reads as its chain alone).  Takes the
+ * container lock shared (layer_store_container_lock_shared): read-only opens coexist, and -EBUSY
+ * while a read-write device has it (its upper is changing), as a read-write open is -EBUSY while
+ * this is open.  Writes, discards, commit: -EROFS; flush does nothing. */
+int cow_device_open_container_readonly(struct layer_store *store, const char *container, struct cow_device **out);
 /* An image, read-only: writes fail with -EROFS. */
 int cow_device_open_image(struct layer_store *store, const char *image, struct cow_device **out);
 /* A chain given by digests (bottom first) with a scratch upper in the store's tmp/ that is

@@ -150,6 +150,7 @@ enum cow_device_kind { COW_KIND_IMAGE, COW_KIND_CONTAINER, COW_KIND_SCRATCH };
 struct cow_device {
 	struct layer_store *store;
 	enum cow_device_kind kind;
+	bool readonly;            /* a container opened read-only: state is loaded, never changed */
 	char name[OCIBLK_NAME_MAX + 1];
 	uint64_t size_bytes, size_blocks;
 

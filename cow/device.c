@@ -237,7 +237,41 @@ static int open_upper_map(struct cow_device *dev, const char *dir)
 			 dev->name, p.hdr.base_layer_count, p.hdr.base_top, dev->layer_count, top);
 }
 
-int cow_device_open_container(struct layer_store *store, const char *container, struct cow_device **out)
+/* The read-only counterpart of open_upper_data + open_upper_map: loads the state from the files
+ * as they are and touches nothing. */
+static int load_upper_readonly(struct cow_device *dev)
+{
+	int fd = vfs_open(dev->data_path, O_RDONLY, 0);
+	if (fd < 0 && fd != -ENOENT) return log_error(fd, "open upper %s: %s", dev->data_path, strerror(-fd));
+	dev->data_fd = fd < 0 ? -1 : fd;
+	char *buf = NULL;
+	size_t len = 0;
+	int r = vfs_read_file(dev->map_path, (size_t)COW_JOURNAL_BYTES_MAX * 4 + dev->size_blocks * 16 + 4096, &buf, &len);
+	if (r == -ENOENT) return 0; /* never opened read-write: no upper yet */
+	if (r) return log_error(r, "read upper map %s: %s", dev->map_path, strerror(-r));
+	struct cow_map_parsed p;
+	r = cow_map_parse((const uint8_t *)buf, len, dev->size_blocks, dev->jstate, &p, true, dev->map_path);
+	free(buf);
+	if (r) return r;
+	const char *top = dev->layer_count ? dev->digests[dev->layer_count - 1] : "";
+	if (p.hdr.base_layer_count == dev->layer_count && !strcmp(p.hdr.base_top, top)) {
+		uint64_t n = 0;
+		memcpy(dev->state, dev->jstate, dev->size_blocks);
+		for (uint64_t b = 0; b < dev->size_blocks; b++) n += dev->state[b] == COW_UPPER_DATA;
+		dev->stats.upper_blocks = n;
+		if (n && dev->data_fd < 0)
+			return log_error(-EUCLEAN, "open container %s read-only: upper.map names %llu blocks, upper.data is missing",
+					 dev->name, (unsigned long long)n);
+		return 0;
+	}
+	if (dev->layer_count == p.hdr.base_layer_count + 1 &&
+	    (p.hdr.base_layer_count == 0 || !strcmp(dev->digests[p.hdr.base_layer_count - 1], p.hdr.base_top)))
+		return 0; /* a crash after a commit's record: the upper is in the top layer already */
+	return log_error(-EUCLEAN, "open container %s: upper.map sits on %u layers (top %s), record has %u (top %s)",
+			 dev->name, p.hdr.base_layer_count, p.hdr.base_top, dev->layer_count, top);
+}
+
+static int open_container(struct layer_store *store, const char *container, bool readonly, struct cow_device **out)
 {
 	struct container_record rec;
 	char dir[OCIBLK_PATH_MAX];
@@ -247,7 +281,8 @@ int cow_device_open_container(struct layer_store *store, const char *container, 
 	struct cow_device *dev = device_alloc(store, COW_KIND_CONTAINER, rec.size_bytes);
 	if (!dev) return log_error(-ENOMEM, "open container %s: out of memory", container);
 	snprintf(dev->name, sizeof dev->name, "%s", container);
-	int fd = layer_store_container_lock(store, container);
+	dev->readonly = readonly;
+	int fd = readonly ? layer_store_container_lock_shared(store, container) : layer_store_container_lock(store, container);
 	if (fd < 0) {
 		r = fd;
 		goto fail;
@@ -263,13 +298,27 @@ int cow_device_open_container(struct layer_store *store, const char *container, 
 		goto fail;
 	}
 	if ((r = alloc_states(dev))) goto fail;
-	if ((r = open_upper_data(dev, false))) goto fail;
-	if ((r = open_upper_map(dev, dir))) goto fail;
+	if (readonly) {
+		if ((r = load_upper_readonly(dev))) goto fail;
+	} else {
+		if ((r = open_upper_data(dev, false))) goto fail;
+		if ((r = open_upper_map(dev, dir))) goto fail;
+	}
 	*out = dev;
 	return 0;
 fail:
 	device_free(dev);
 	return r;
+}
+
+int cow_device_open_container(struct layer_store *store, const char *container, struct cow_device **out)
+{
+	return open_container(store, container, false, out);
+}
+
+int cow_device_open_container_readonly(struct layer_store *store, const char *container, struct cow_device **out)
+{
+	return open_container(store, container, true, out);
 }
 
 int cow_device_open_image(struct layer_store *store, const char *image, struct cow_device **out)
@@ -323,7 +372,7 @@ int cow_device_close(struct cow_device *dev)
 {
 	int r = 0;
 	if (!dev) return 0;
-	if (dev->kind == COW_KIND_CONTAINER) r = cow_device_flush(dev);
+	if (dev->kind == COW_KIND_CONTAINER && !dev->readonly) r = cow_device_flush(dev);
 	if (dev->kind == COW_KIND_SCRATCH && dev->data_fd >= 0) {
 		vfs_close(dev->data_fd);
 		dev->data_fd = -1;
@@ -341,7 +390,7 @@ void cow_device_set_journal_limit(struct cow_device *dev, uint64_t journal_bytes
 }
 
 uint64_t cow_device_size_bytes(const struct cow_device *dev) { return dev->size_bytes; }
-bool cow_device_is_readonly(const struct cow_device *dev) { return dev->state == NULL; }
+bool cow_device_is_readonly(const struct cow_device *dev) { return dev->readonly || dev->state == NULL; }
 uint32_t cow_device_layer_count(const struct cow_device *dev) { return dev->layer_count; }
 const char *cow_device_layer_digest(const struct cow_device *dev, uint32_t i)
 {
@@ -530,7 +579,7 @@ int cow_device_commit_layer(struct cow_device *dev, char digest_out[SHA256_DIGES
 {
 	char digest[SHA256_DIGEST_STRLEN];
 	struct layer *l = NULL;
-	if (!dev->state) return log_error(-EROFS, "commit %s: read-only device", dev->name);
+	if (cow_device_is_readonly(dev)) return log_error(-EROFS, "commit %s: read-only device", dev->name);
 	int r = cow_device_flush(dev);
 	if (r) return r;
 	if ((r = write_upper_layer(dev, digest, &l))) return r;
@@ -548,7 +597,7 @@ int cow_device_commit(struct cow_device *dev, const char *image, char digest_out
 	char digest[SHA256_DIGEST_STRLEN];
 	struct layer *l = NULL;
 	int r;
-	if (!dev->state) return log_error(-EROFS, "commit %s: read-only device", dev->name);
+	if (cow_device_is_readonly(dev)) return log_error(-EROFS, "commit %s: read-only device", dev->name);
 	if ((r = layer_store_name_validate("image", image))) return r;
 	if ((r = cow_device_flush(dev))) return r;
 	if ((r = write_upper_layer(dev, digest, &l))) return r;

@@ -725,7 +725,7 @@ int cow_exec(struct cow_device *dev, struct cow_chunk_cache *c, const struct cow
 	struct cow_range_lock lk;
 	int r;
 	bool modifies = cow_req_modifies(req);
-	if (modifies && !dev->state) return -EROFS;
+	if (modifies && cow_device_is_readonly(dev)) return -EROFS;
 	cow_count_op(dev, req->op);
 	if (req->op == COW_OP_FLUSH) return cow_flush(dev);
 	if (req->length_bytes == 0) return (req->flags & COW_FUA) ? cow_flush(dev) : 0;

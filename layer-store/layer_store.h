@@ -208,6 +208,10 @@ int layer_store_container_dir(struct layer_store *store, const char *name, char 
 /* Exclusive per-container lock (flock on its directory's lock file), held while a device has the
  * container open read-write: a second opener gets -EBUSY.  Returns an fd to close to release. */
 int layer_store_container_lock(struct layer_store *store, const char *name);
+/* The same lock shared, held while a device has the container open read-only: any number of
+ * read-only opens coexist; -EBUSY while it is open read-write (and a read-write open, or a
+ * remove, gets -EBUSY while any read-only open holds it). */
+int layer_store_container_lock_shared(struct layer_store *store, const char *name);
 
 /* Chain-id records: OCI chain id ("sha256:<hex>") -> layer digest. */
 int layer_store_chain_put(struct layer_store *store, const char *chain_id, const char *layer_digest);

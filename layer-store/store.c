@@ -844,7 +844,19 @@ int layer_store_container_foreach(struct layer_store *s, int (*fn)(const char *n
 	return foreach_names(s, "containers", is_container_dir, 0, fn, opaque);
 }
 
+static int container_lock(struct layer_store *s, const char *name, int how);
+
 int layer_store_container_lock(struct layer_store *s, const char *name)
+{
+	return container_lock(s, name, LOCK_EX);
+}
+
+int layer_store_container_lock_shared(struct layer_store *s, const char *name)
+{
+	return container_lock(s, name, LOCK_SH);
+}
+
+static int container_lock(struct layer_store *s, const char *name, int how)
 {
 	char dir[OCIBLK_PATH_MAX], p[OCIBLK_PATH_MAX];
 	int fd, r = layer_store_container_dir(s, name, dir, sizeof dir);
@@ -856,12 +868,13 @@ int layer_store_container_lock(struct layer_store *s, const char *name)
 		if (r == -ENOENT) return log_error(-ENOENT, "lock container %s: no such container", name);
 		return log_error(r, "lock container %s: %s", name, strerror(-r));
 	}
-	while ((r = flock(fd, LOCK_EX | LOCK_NB)) < 0 && errno == EINTR)
+	while ((r = flock(fd, how | LOCK_NB)) < 0 && errno == EINTR)
 		;
 	if (r < 0) {
 		r = errno == EWOULDBLOCK ? -EBUSY : -errno;
 		close(fd);
-		return log_error(r, "lock container %s: %s", name, r == -EBUSY ? "in use by another device" : strerror(-r));
+		return log_error(r, "lock container %s: %s", name,
+				 r != -EBUSY ? strerror(-r) : how == LOCK_SH ? "open read-write by another device" : "in use by another device");
 	}
 	return fd;
 }
