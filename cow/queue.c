@@ -19,7 +19,9 @@
  * only in cow_queue_poll.  When vfs_is_posix() is false (crash tests) nothing uses the ring: every
  * request runs synchronously through common/vfs.h.
  * Reads first try preadv2(RWF_NOWAIT): a page-cache hit completes at once, without a thread hop;
- * misses go to the ring.  (ext4 has no non-blocking buffered write: a small inline write may
+ * misses go to the ring.  A raw (uncompressed) chunk that a lower read covers whole, in one
+ * iovec, is read straight into the request's buffer and its checksum verified there; other chunks
+ * are decoded into the chunk cache and copied out.  (ext4 has no non-blocking buffered write: a small inline write may
  * block the caller's thread on dirty-page throttling, which only delays that queue's requests;
  * big writes stay on the ring.)  OCIBLK_COW_RING_ONLY=1 sends all reads and writes through the
  * ring (tests cover both paths).  Completions made at submit signal the eventfd once per poll
@@ -56,9 +58,11 @@ struct cow_ctx {
 	bool locked;
 	int result;
 	uint64_t flush_target;
-	/* lower read in progress: next device byte to produce, chunk being read into buffer buf */
+	/* lower read in progress: next device byte to produce, chunk being read into buffer buf
+	 * (-1: a raw chunk read straight into the request's buffer at direct) */
 	uint64_t pos;
 	int buf;
+	uint8_t *direct;
 	uint32_t io_layer;
 	uint64_t io_extent;
 	struct cow_ctx *next; /* free list, ready list, buffer-wait list or done list */
@@ -267,6 +271,17 @@ static void iov_put(const struct cow_request *req, uint64_t at, const uint8_t *s
 	}
 }
 
+/* The request's buffer bytes [at, at + len) when they lie in one iovec, else NULL. */
+static uint8_t *iov_span(const struct cow_request *req, uint64_t at, uint64_t len)
+{
+	for (unsigned i = 0; i < req->iov_count; i++) {
+		uint64_t l = req->iov[i].iov_len;
+		if (at < l) return at + len <= l ? (uint8_t *)req->iov[i].iov_base + at : NULL;
+		at -= l;
+	}
+	return NULL;
+}
+
 static ssize_t pread_nowait(int fd, void *buf, size_t len, uint64_t off)
 {
 	struct iovec v = { buf, len };
@@ -306,6 +321,34 @@ static void lower_step(struct cow_ctx *c)
 			if (r) return lower_fail(c, r);
 			uint64_t n;
 			const struct layer_extent *x = &layer_get_extents(dev->layers[e->layer], &n)[e->extent];
+			uint8_t *dst = NULL;
+			if (!x->compressed && c->pos == es && x->block_index == e->block_index && x->block_count == e->block_count &&
+			    seg_end == ee && x->stored_bytes == (uint64_t)x->block_count * COW_BLOCK_SIZE)
+				dst = iov_span(req, c->pos - req->offset_bytes, x->stored_bytes);
+			if (dst) {
+				/* a raw chunk the request covers whole: read and verify it in the request's
+				 * buffer, no copy through the cache */
+				int fd = layer_get_fd(dev->layers[e->layer]);
+				ssize_t got = q->try_inline ? pread_nowait(fd, dst, x->stored_bytes, x->offset_bytes) : -1;
+				if (got >= 0 && (uint64_t)got == x->stored_bytes) {
+					r = layer_decode_extent(dev->layers[e->layer], e->extent, dst, dst);
+					if (r) return lower_fail(c, r);
+					c->pos = seg_end;
+					continue;
+				}
+				struct io_uring_sqe *sqe = get_sqe(q);
+				if (sqe) {
+					c->buf = -1;
+					c->direct = dst;
+					c->io_layer = e->layer;
+					c->io_extent = e->extent;
+					io_uring_prep_read(sqe, fd, dst, x->stored_bytes, x->offset_bytes);
+					io_uring_sqe_set_data(sqe, c);
+					c->stage = STAGE_LOWER_IO;
+					io_uring_submit(&q->ring);
+					return;
+				}
+			}
 			if (x->stored_bytes > q->pool_buf_bytes || !q->pool_n) {
 				r = cow_chunk_get(dev, &q->cache, e->layer, e->extent, &chunk);
 				if (r) return lower_fail(c, r);
@@ -373,7 +416,11 @@ static void lower_io_done(struct cow_ctx *c, int res)
 	else if ((uint64_t)res != x->stored_bytes)
 		r = log_error(-EIO, "read layer %s extent %llu: short file", dev->digests[c->io_layer],
 			      (unsigned long long)c->io_extent);
-	else {
+	else if (c->buf < 0) {
+		/* read straight into the request: verify in place, then go past the chunk */
+		r = layer_decode_extent(dev->layers[c->io_layer], c->io_extent, c->direct, c->direct);
+		if (!r) c->pos = (x->block_index + x->block_count) * COW_BLOCK_SIZE;
+	} else {
 		unsigned slot = cow_chunk_claim(&q->cache);
 		r = cow_chunk_reserve(&q->cache, slot, (size_t)x->block_count * COW_BLOCK_SIZE);
 		if (!r)
@@ -381,8 +428,9 @@ static void lower_io_done(struct cow_ctx *c, int res)
 						q->pool + (size_t)c->buf * q->pool_buf_bytes, q->cache.data[slot]);
 		if (!r) cow_chunk_publish(dev, &q->cache, slot, c->io_layer, c->io_extent);
 	}
-	q->pool_free[q->pool_free_n++] = c->buf;
+	if (c->buf >= 0) q->pool_free[q->pool_free_n++] = c->buf;
 	c->buf = -1;
+	c->direct = NULL;
 	if (r) lower_fail(c, r);
 	else lower_step(c);
 	/* a freed buffer lets a waiting request go on */

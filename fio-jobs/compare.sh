@@ -13,6 +13,9 @@
 #   FLUSH_IOS [1024]    write+flush I/Os                 COPYUP_SIZES ["64M 256M 1G"] overlayfs files
 #   CHAIN_LAYERS [20]   layers of the deep-chain read comparison
 #   WORKDIR [/var/tmp]  where images live (a real disk, not tmpfs)   OUT [-]  also write the table here
+#   TARGETS [all]       a subset to run, e.g. "ociblk qemu-nbd-raw qcow2-64k-l2ext" (names as in
+#                       the table, plus ociblk-deep for the chain comparison and overlayfs); the
+#                       rest print n/a.  OCIBLK_BUILD picks the ociblk binary (A/B of two builds).
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 BUILD=${OCIBLK_BUILD:-$HERE/../build}
@@ -44,6 +47,8 @@ cleanup() {
 }
 trap cleanup EXIT
 log() { echo "compare: $*" >&2; }
+TARGETS=${TARGETS:-all}
+want() { [ "$TARGETS" = all ] || [[ " $TARGETS " == *" $1 "* ]]; }
 drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
 wait_sock() { for _ in $(seq 1 200); do [ -S "$1" ] && return 0; sleep 0.05; done; echo "socket $1 never appeared" >&2; return 1; }
 
@@ -78,13 +83,16 @@ export OCIBLK_ROOT=$W/store
 "$OCIBLK" --quiet create base ctr >/dev/null
 
 # ---------------------------------------------------------------- ociblk ----------------------
+if want ociblk || want ociblk-deep; then
 drop_caches
 "$OCIBLK" serve --nbd "unix:$W/ociblk.sock" >/dev/null 2>"$R/serve.err" & PIDS+=($!)
 wait_sock "$W/ociblk.sock"
 CTR_DIR=$(find "$W/store" -mindepth 2 -maxdepth 2 -type d -name ctr | head -1)
-bench ociblk nbd "uri=nbd+unix:///ctr?socket=$W/ociblk.sock" 0 "du_bytes '$CTR_DIR'"
+want ociblk && bench ociblk nbd "uri=nbd+unix:///ctr?socket=$W/ociblk.sock" 0 "du_bytes '$CTR_DIR'"
+fi
 
 # deep chain: CHAIN_LAYERS layers, each adding 256 scattered 4 KiB blocks all over the device
+if want ociblk-deep; then
 log "ociblk: building a $CHAIN_LAYERS-layer chain"
 "$OCIBLK" --quiet create base chainctr >/dev/null
 for i in $(seq 2 "$CHAIN_LAYERS"); do
@@ -106,10 +114,12 @@ drop_caches
 log "ociblk: 1-layer vs $CHAIN_LAYERS-layer random reads"
 run_jobs ociblk-1layer nbd "uri=nbd+unix:///flatctr?socket=$W/deep.sock" 0 randread-base
 run_jobs ociblk-deep nbd "uri=nbd+unix:///deepctr?socket=$W/deep.sock" 0 randread-base
+fi
 
 # ---------------------------------------------------------------- qcow2 chains on qemu-nbd ------
 for cfg in "qcow2-64k:cluster_size=65536" "qcow2-4k:cluster_size=4096" "qcow2-64k-l2ext:cluster_size=65536,extended_l2=on"; do
 	name=${cfg%%:*}; opts=${cfg#*:}
+	want "$name" || continue
 	qemu-img create -q -f qcow2 -b "$W/base.img" -F raw -o "$opts" "$W/$name.qcow2"
 	drop_caches
 	qemu-nbd --persistent --socket="$W/$name.sock" -f qcow2 --shared=8 "$W/$name.qcow2" 2>"$R/$name.qemu-nbd.err" & PIDS+=($!)
@@ -118,19 +128,26 @@ for cfg in "qcow2-64k:cluster_size=65536" "qcow2-4k:cluster_size=4096" "qcow2-64
 done
 
 # ---------------------------------------------------------------- qemu-nbd raw, nbdkit, io_uring
+if want qemu-nbd-raw; then
 cp "$W/base.img" "$W/raw.img"
 drop_caches
 qemu-nbd --persistent --socket="$W/raw.sock" -f raw --shared=8 "$W/raw.img" 2>"$R/raw.qemu-nbd.err" & PIDS+=($!)
 wait_sock "$W/raw.sock"
 bench qemu-nbd-raw nbd "uri=nbd+unix:///?socket=$W/raw.sock" 0 ""
+fi
+if want nbdkit-memory; then
 nbdkit --foreground -U "$W/mem.sock" memory "${SIZE_MB}M" 2>"$R/nbdkit.err" & PIDS+=($!)
 wait_sock "$W/mem.sock"
 bench nbdkit-memory nbd "uri=nbd+unix:///?socket=$W/mem.sock" 0 ""
+fi
+if want raw-io_uring-direct; then
 cp "$W/base.img" "$W/direct.img"
 drop_caches
 bench raw-io_uring-direct io_uring "filename=$W/direct.img" 1 ""
+fi
 
 # ---------------------------------------------------------------- overlayfs copy-up -------------
+if want overlayfs; then
 log "overlayfs copy-up"
 mkdir -p "$W/ovl/lower"
 for s in $COPYUP_SIZES; do (yes ociblk-lower-data || true) | head -c "$(numfmt --from=iec "$s")" >"$W/ovl/lower/f$s"; done
@@ -151,6 +168,7 @@ PY
 	umount "$W/ovl/merged"
 	du_bytes "$W/ovl/upper" >"$R/copyup.$s.space"
 done
+fi
 
 # ---------------------------------------------------------------- report -----------------------
 machine="$(lscpu | sed -n 's/^Model name: *//p' | head -1), $(nproc) cores, $(free -g | awk '/^Mem:/ {print $2}') GiB RAM, $(uname -r), $(findmnt -no FSTYPE -T "$W") on $(findmnt -no SOURCE -T "$W")"

@@ -9,6 +9,7 @@
  *     write covering it precedes the write that is visible there; a write seen by a read precedes
  *     it, and precedes a write seen by the same read on a sector both cover) has no cycle.
  * The seed is printed; OCIBLK_SEED replays the request mix (not the thread interleaving). */
+#include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -178,10 +179,10 @@ static int acyclic(struct graph *g)
 
 /* Many reads in flight through the chain at once: more than the queue has chunk buffers, so
  * some wait for a buffer; every read must return the chain's data. */
-static void test_lower_reads(struct layer_store *s, uint64_t *rng)
+static void test_lower_reads(struct layer_store *s, uint64_t *rng, int zstd)
 {
 	enum { BLOCKS = 1024, RD_DEPTH = 64 };
-	struct layer_writer_options o = { .virtual_size_bytes = BLOCKS * BS, .chunk_blocks = 4, .zstd_level = 1 };
+	struct layer_writer_options o = { .virtual_size_bytes = BLOCKS * BS, .chunk_blocks = 4, .zstd_level = zstd };
 	struct layer_writer *w;
 	uint8_t *model = malloc((size_t)BLOCKS * BS);
 	char chain[1][SHA256_DIGEST_STRLEN];
@@ -190,12 +191,13 @@ static void test_lower_reads(struct layer_store *s, uint64_t *rng)
 	memset(model + 100 * BS, 0, 50 * BS); /* a gap */
 	if (!r) r = layer_writer_add_data(w, 0, model, 100);
 	if (!r) r = layer_writer_add_data(w, 150, model + 150 * BS, BLOCKS - 150);
-	TAP_IS(r ? r : layer_writer_commit(w, chain[0]), 0, "lower reads: layer of 4-block chunks");
-	int put = test_image_put(s, "many", BLOCKS * BS, chain, 1);
+	TAP_IS(r ? r : layer_writer_commit(w, chain[0]), 0, "lower reads: layer of 4-block chunks (%s)", zstd ? "zstd" : "raw");
+	const char *name = zstd ? "many" : "manyraw";
+	int put = test_image_put(s, name, BLOCKS * BS, chain, 1);
 	TAP_IS(put, 0, "lower reads: image");
 	struct cow_device *img;
 	struct cow_queue *q;
-	TAP_IS(cow_device_open_image(s, "many", &img), 0, "lower reads: open image");
+	TAP_IS(cow_device_open_image(s, name, &img), 0, "lower reads: open image");
 	TAP_IS(cow_queue_create(img, RD_DEPTH, &q), 0, "lower reads: queue of depth %d", RD_DEPTH);
 	static struct op ops[RD_DEPTH];
 	static uint8_t bufs[RD_DEPTH][65536];
@@ -218,11 +220,78 @@ static void test_lower_reads(struct layer_store *s, uint64_t *rng)
 			if (ops[i].done != 1 || ops[i].result || memcmp(bufs[i], model + ops[i].sector * 512, ops[i].count * 512))
 				bad++;
 	}
-	TAP_IS(bad, 0, "%u reads, %d in flight at once, returned the chain's data (%s)", total, RD_DEPTH,
+	TAP_IS(bad, 0, "%u reads, %d in flight at once, returned the chain's %s data (%s)", total, RD_DEPTH,
+	       zstd ? "zstd" : "raw (whole chunks read straight into the request)",
 	       getenv("OCIBLK_COW_RING_ONLY") ? "all through io_uring" : "page-cache hits and small writes inline");
 	cow_queue_destroy(q);
 	cow_device_close(img);
 	free(model);
+}
+
+static void on_done_count(struct cow_request *req, int result)
+{
+	struct op *o = req->opaque;
+	o->result = result;
+	o->done++;
+}
+
+/* One queued read; its result. */
+static int queue_read(struct cow_queue *q, uint64_t off, void *buf, uint64_t len)
+{
+	struct op o = { 0 };
+	o.iov[0] = (struct iovec){ buf, len };
+	o.req = (struct cow_request){ .op = COW_OP_READ, .offset_bytes = off, .length_bytes = len, .iov = o.iov,
+				      .iov_count = 1, .complete = on_done_count, .opaque = &o };
+	int r = cow_queue_submit(q, &o.req);
+	while (!r && !o.done)
+		if ((r = cow_queue_poll(q, 1)) > 0) r = 0;
+	return r ? r : o.result;
+}
+
+/* A raw chunk read straight into the request's buffer is still verified: a corrupt byte in the
+ * layer file fails the read that covers the chunk (EIO), and reads of other chunks still work. */
+static void test_direct_corrupt(struct layer_store *s, const char *name)
+{
+	enum { BLOCKS = 64 };
+	struct layer_writer_options o = { .virtual_size_bytes = BLOCKS * BS, .chunk_blocks = 4 };
+	struct layer_writer *w;
+	static uint8_t model[BLOCKS * BS], buf[BLOCKS * BS];
+	char chain[1][SHA256_DIGEST_STRLEN], path[4096];
+	for (uint64_t b = 0; b < BLOCKS; b++) pattern_block(model + b * BS, 91, b);
+	int r = layer_writer_create(s, &o, &w);
+	if (!r) r = layer_writer_add_data(w, 0, model, BLOCKS);
+	if (!r) r = layer_writer_commit(w, chain[0]);
+	if (!r) r = test_image_put(s, name, BLOCKS * BS, chain, 1);
+	if (!r) r = layer_store_layer_path(s, chain[0], path, sizeof path);
+	/* corrupt one byte inside the chunk of blocks 8..11 */
+	struct layer *l = NULL;
+	if (!r) r = layer_open_path(path, NULL, false, &l);
+	if (!r) {
+		uint64_t n;
+		const struct layer_extent *x = layer_get_extents(l, &n);
+		uint64_t at = 0;
+		for (uint64_t i = 0; i < n; i++)
+			if (x[i].block_index == 8) at = x[i].offset_bytes + 100;
+		layer_close(l);
+		int fd = open(path, O_WRONLY);
+		uint8_t bad = 0x5a ^ model[8 * BS + 100];
+		if (fd < 0 || !at || pwrite(fd, &bad, 1, (off_t)at) != 1) r = -EIO;
+		if (fd >= 0) close(fd);
+	}
+	TAP_IS(r, 0, "direct reads: raw layer with one corrupt byte in chunk 8..11");
+	struct cow_device *img = NULL;
+	struct cow_queue *q = NULL;
+	if (!r) r = cow_device_open_image(s, name, &img);
+	if (!r) r = cow_queue_create(img, 4, &q);
+	TAP_IS(r, 0, "direct reads: open");
+	if (r) return;
+	TAP_IS(queue_read(q, 0, buf, 16 * BS), -EIO, "a read covering the corrupt chunk whole fails with EIO");
+	TAP_IS(queue_read(q, 8 * BS, buf, 4 * BS), -EIO, "so does a read of exactly that chunk");
+	memset(buf, 0, sizeof buf);
+	TAP_IS(queue_read(q, 16 * BS, buf, 48 * BS), 0, "a read of the other chunks works");
+	TAP_OK(!memcmp(buf, model + 16 * BS, 48 * BS), "and returns their data");
+	cow_queue_destroy(q);
+	cow_device_close(img);
 }
 
 int main(void)
@@ -239,10 +308,14 @@ int main(void)
 	TAP_IS(layer_store_container_create(s, "conc", "cc"), 0, "container");
 	TAP_IS(cow_device_open_container(s, "cc", &dev), 0, "open");
 	initial = model;
-	test_lower_reads(s, &rng);
+	test_lower_reads(s, &rng, 1);
+	test_lower_reads(s, &rng, 0);
+	test_direct_corrupt(s, "corrupt-inline");
 	/* once more with every read through the ring: chunk buffers run out, requests wait for them */
 	setenv("OCIBLK_COW_RING_ONLY", "1", 1);
-	test_lower_reads(s, &rng);
+	test_lower_reads(s, &rng, 1);
+	test_lower_reads(s, &rng, 0);
+	test_direct_corrupt(s, "corrupt-ring");
 
 	pthread_t th[2];
 	void *ret[2];
