@@ -68,3 +68,25 @@ make_store() {
 	"$OCIBLK" --quiet layer add-raw --name img "$T/base.img" >/dev/null &&
 	"$OCIBLK" --quiet create img ctr >/dev/null
 }
+
+# py_suite SCRIPT.py TIMEOUT: a fresh store and server, SCRIPT.py run in nbdsh's python (SOCK and
+# BASE in its environment) with its "PASS desc"/"FAIL desc" lines as TAP; then the server must be
+# alive, stop with exit 0 on SIGTERM and leave no assertion or sanitizer report.  Ends the test.
+py_suite() {
+	local py=$1 secs=$2 rc
+	require nbdsh python3
+	make_store || { echo "1..1"; echo "not ok 1 - make store"; exit 1; }
+	start_server || { echo "1..1"; echo "not ok 1 - server start"; exit 1; }
+	SOCK=$SOCK BASE=$T/base.img timeout "$secs" nbdsh -c "exec(open('$py').read())" >"$T/py.out" 2>"$T/py.err"
+	rc=$?
+	while read -r word rest; do
+		case $word in PASS) ok "$rest" ;; FAIL) notok "$rest" ;; esac
+	done <"$T/py.out"
+	[ "$rc" = 0 ] && ok "$(basename "$py") ran to the end" ||
+		{ notok "$(basename "$py") ran to the end (exit $rc)"; sed 's/^/# /' "$T/py.err" | tail -15; }
+	server_alive && ok "server survived every client" || notok "server survived every client"
+	stop_server TERM; rc=$?
+	[ "$rc" = 0 ] && ok "SIGTERM: exit 0" || notok "SIGTERM: exit $rc"
+	grep -qi "assert\|sanitizer\|runtime error" "$T/serve.err" && { notok "server stderr clean"; sed 's/^/# /' "$T/serve.err" | head; } || ok "server stderr clean"
+	finish
+}
