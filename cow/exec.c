@@ -33,11 +33,14 @@ struct iovc {
 	size_t off;
 };
 
+/* Also steps over empty iovecs at the cursor (legal in a request), so a caller that moved 0
+ * bytes because the current iovec is empty makes progress next time round. */
 static void iovc_skip(struct iovc *c, size_t len)
 {
 	if (!c->iov) return;
-	while (len && c->i < c->n) {
+	while (c->i < c->n) {
 		size_t avail = c->iov[c->i].iov_len - c->off;
+		if (!len && avail) break;
 		size_t k = len < avail ? len : avail;
 		c->off += k;
 		len -= k;
