@@ -5,21 +5,7 @@
 # debugfs on the exports, commit and a container from the committed image, rm/rmi and gc freeing
 # the committed layers, fsck clean, then a flipped byte in a layer: fsck fails and reads fail with
 # an error naming the layer, never wrong data.
-set -u
-BUILD=${OCIBLK_BUILD:-$(dirname "$0")/../../build}
-OCIBLK=$BUILD/ociblk
-T=$(mktemp -d)
-trap 'rm -rf "$T"' EXIT
-export OCIBLK_ROOT=$T/store
-PATH=$PATH:/usr/sbin:/sbin
-n=0; failed=0
-ok()   { n=$((n+1)); echo "ok $n - $1"; }
-notok(){ n=$((n+1)); failed=$((failed+1)); echo "not ok $n - $1"; }
-check(){ local d=$1; shift; if "$@" >"$T/out" 2>"$T/err"; then ok "$d"; else notok "$d"; sed 's/^/# /' "$T/out" "$T/err" | head -20; fi; }
-status(){ local d=$1 want=$2; shift 2; "$@" >"$T/out" 2>"$T/err"; local rc=$?
-	if [ "$rc" = "$want" ]; then ok "$d"; else notok "$d (exit $rc, wanted $want)"; sed 's/^/# /' "$T/err" | head -10; fi; }
-same(){ if cmp -s "$2" "$3"; then ok "$1"; else notok "$1"; cmp "$2" "$3" 2>&1 | sed 's/^/# /' | head -3; fi; }
-json(){ python3 -c 'import json,sys; d=json.load(sys.stdin); print(eval(sys.argv[1]))' "$1"; }
+. "$(dirname "$0")/lib.bash"
 # patch FILE OFFSET DATAFILE: the expected effect of `ociblk write` on a plain copy
 patch(){ dd if="$3" of="$1" bs=1 seek="$2" conv=notrunc status=none; }
 
@@ -163,5 +149,4 @@ status "reading the damaged block fails: exit 1" 1 "$OCIBLK" read c2 $((msg_blk 
 grep -q "${BASE#sha256:}" "$T/err" && ok "the read error names the layer" || { notok "the read error names the layer"; sed 's/^/# /' "$T/err"; }
 status "export of the damaged image fails: exit 1" 1 "$OCIBLK" export base "$T/bad.img"
 
-echo "1..$n"
-[ $failed = 0 ]
+tap_end

@@ -1,14 +1,9 @@
 #!/usr/bin/env bash
 # `make demo` keeps working: runs tests/demo.sh (as `make demo` does) and checks it finished and
 # showed the outcomes it narrates.
-set -u
+. "$(dirname "$0")/lib.bash"
 here=$(cd "$(dirname "$0")/../.." && pwd)
-export OCIBLK_BUILD=${OCIBLK_BUILD:-$here/build}
-T=$(mktemp -d)
-trap 'rm -rf "$T"' EXIT
-n=0; failed=0
-ok()   { n=$((n+1)); echo "ok $n - $1"; }
-notok(){ n=$((n+1)); failed=$((failed+1)); echo "not ok $n - $1"; }
+export OCIBLK_BUILD=$BUILD
 has(){ grep -q -- "$2" "$T/out" && ok "$1" || notok "$1"; }
 
 if TMPDIR=$T bash "$here/tests/demo.sh" >"$T/out" 2>&1; then ok "demo exits 0"; else notok "demo exits 0"; sed 's/^/# /' "$T/out" | tail -30; fi
@@ -19,5 +14,4 @@ has "e2fsck passed on the export" "Pass 5: Checking group summary information"
 has "the committed image has the change" "index.txt in v2.img:   hello from container web1"
 has "fsck clean" ": clean"
 [ -z "$(ls -A "$T" | grep -v '^out$')" ] && ok "demo removed its temporary store" || notok "demo removed its temporary store"
-echo "1..$n"
-[ $failed = 0 ]
+tap_end

@@ -2,20 +2,7 @@
 # The store-level commands of the ociblk CLI against a real ext4 image made by mkfs.ext4 -d:
 # layer add-raw, images, create, ps/ls, inspect, layer ls, rm, rmi, gc, fsck, usage errors,
 # --json output, and fsck catching a flipped byte in a layer file.
-set -u
-BUILD=${OCIBLK_BUILD:-$(dirname "$0")/../../build}
-OCIBLK=$BUILD/ociblk
-T=$(mktemp -d)
-trap 'rm -rf "$T"' EXIT
-export OCIBLK_ROOT=$T/store
-n=0; failed=0
-ok()   { n=$((n+1)); echo "ok $n - $1"; }
-notok(){ n=$((n+1)); failed=$((failed+1)); echo "not ok $n - $1"; }
-check(){ local d=$1; shift; if "$@" >"$T/out" 2>"$T/err"; then ok "$d"; else notok "$d"; sed 's/^/# /' "$T/out" "$T/err" | head -20; fi; }
-# exit status must be exactly $2
-status(){ local d=$1 want=$2; shift 2; "$@" >"$T/out" 2>"$T/err"; local rc=$?
-	if [ "$rc" = "$want" ]; then ok "$d"; else notok "$d (exit $rc, wanted $want)"; sed 's/^/# /' "$T/err" | head -10; fi; }
-json(){ python3 -c 'import json,sys; d=json.load(sys.stdin); print(eval(sys.argv[1]))' "$1"; }
+. "$(dirname "$0")/lib.bash"
 # a file's data checked with json.tool
 jsonok(){ local d=$1; shift; if "$@" 2>"$T/err" | python3 -m json.tool >/dev/null; then ok "$d"; else notok "$d"; sed 's/^/# /' "$T/err"; fi; }
 
@@ -139,5 +126,4 @@ grep -q "${L1#sha256:}" "$T/err" && ok "fsck names the damaged layer" || { notok
 "$OCIBLK" fsck --json >"$T/out" 2>/dev/null
 [ "$(json 'd["clean"]' <"$T/out")" = False ] && ok "fsck --json says not clean" || notok "fsck --json says not clean"
 
-echo "1..$n"
-[ $failed = 0 ]
+tap_end

@@ -3,16 +3,7 @@
 # is wrong (and where), and leave the store exactly as it was (every file outside tmp/ hashed
 # before and after; tmp/ itself must be empty again).  Images are built at test time with umoci
 # and broken with tests/fixtures/oci-mutate.py.
-set -u
-BUILD=${OCIBLK_BUILD:-$(dirname "$0")/../../build}
-OCIBLK=$BUILD/ociblk
-FX=$(cd "$(dirname "$0")/../fixtures" && pwd)
-T=$(mktemp -d)
-trap 'rm -rf "$T"' EXIT
-export OCIBLK_ROOT=$T/store
-n=0; failed=0
-ok()   { n=$((n+1)); echo "ok $n - $1"; }
-notok(){ n=$((n+1)); failed=$((failed+1)); echo "not ok $n - $1"; }
+. "$(dirname "$0")/lib.bash"
 
 for tool in umoci python3 zstd; do
 	command -v $tool >/dev/null || { echo "1..1"; echo "not ok 1 - $tool missing (make deps)"; exit 1; }
@@ -182,5 +173,4 @@ kill $feeder 2>/dev/null; wait $feeder 2>/dev/null
 
 # after all that, the good image still works and fsck is clean
 if "$OCIBLK" fsck >"$T/out" 2>&1; then ok "fsck clean after the failed imports"; else notok "fsck clean after the failed imports"; sed 's/^/# /' "$T/out" | head; fi
-echo "1..$n"
-[ $failed = 0 ]
+tap_end

@@ -9,20 +9,11 @@
 #   - `ociblk create` + `ociblk export` of the merged device passes `e2fsck -fn`, and mounted
 #     read-only through a loop device it equals `umoci unpack` of the same image: tree, types,
 #     modes, owners, sizes, contents, symlink targets, device numbers, xattrs, hard-link groups.
-set -u
-BUILD=${OCIBLK_BUILD:-$(dirname "$0")/../../build}
-OCIBLK=$BUILD/ociblk
-FX=$(cd "$(dirname "$0")/../fixtures" && pwd)
-T=$(mktemp -d)
+. "$(dirname "$0")/lib.bash"
 MNT=
-cleanup() { [ -n "$MNT" ] && umount "$MNT" 2>/dev/null; rm -rf "$T"; }
-trap cleanup EXIT
-n=0; failed=0
-ok()   { n=$((n+1)); echo "ok $n - $1"; }
-notok(){ n=$((n+1)); failed=$((failed+1)); echo "not ok $n - $1"; }
+test_cleanup() { if [ -n "$MNT" ]; then umount "$MNT" 2>/dev/null; fi; }
+# check, timed, with a longer excerpt on failure (imports of the full image)
 check(){ local d=$1 t0=$SECONDS; shift; if "$@" >"$T/out" 2>"$T/err"; then ok "$d ($((SECONDS - t0))s)"; else notok "$d"; sed 's/^/# /' "$T/out" "$T/err" | head -30; fi; }
-json(){ python3 -c 'import json,sys; d=json.load(sys.stdin); print(eval(sys.argv[1]))' "$1"; }
-command -v e2fsck >/dev/null || PATH=$PATH:/sbin:/usr/sbin
 
 for tool in umoci skopeo python3 e2fsck tar; do
 	command -v $tool >/dev/null || { echo "1..1"; echo "not ok 1 - $tool missing (make deps)"; exit 1; }
@@ -103,5 +94,4 @@ else
 		notok "loop mount read-only"; sed 's/^/# /' "$T/err"
 	fi
 fi
-echo "1..$n"
-[ $failed = 0 ]
+tap_end

@@ -9,21 +9,8 @@
 #     its files readable with debugfs);
 #   - a multi-platform index: the host's platform by default, --platform picks another, an
 #     absent platform is an error; `--json` output and `ociblk images` list the result.
-set -u
-BUILD=${OCIBLK_BUILD:-$(dirname "$0")/../../build}
-OCIBLK=$BUILD/ociblk
-FX=$(cd "$(dirname "$0")/../fixtures" && pwd)
-T=$(mktemp -d)
-trap 'rm -rf "$T"' EXIT
-export OCIBLK_ROOT=$T/store
-n=0; failed=0
-ok()   { n=$((n+1)); echo "ok $n - $1"; }
-notok(){ n=$((n+1)); failed=$((failed+1)); echo "not ok $n - $1"; }
-check(){ local d=$1; shift; if "$@" >"$T/out" 2>"$T/err"; then ok "$d"; else notok "$d"; sed 's/^/# /' "$T/out" "$T/err" | head -20; fi; }
-json(){ python3 -c 'import json,sys; d=json.load(sys.stdin); print(eval(sys.argv[1]))' "$1"; }
-is(){ if [ "$2" = "$3" ]; then ok "$1"; else notok "$1 (got '$2', wanted '$3')"; fi; }
+. "$(dirname "$0")/lib.bash"
 nlayers(){ ls "$1/layers" | wc -l; }
-command -v debugfs >/dev/null || PATH=$PATH:/sbin:/usr/sbin
 
 for tool in umoci python3 zstd e2fsck debugfs; do
 	command -v $tool >/dev/null || { echo "1..1"; echo "not ok 1 - $tool missing (make deps)"; exit 1; }
@@ -106,5 +93,4 @@ is "arm64 image has 3 layers" "$(json 'd["layers"]' <"$T/out")" 3
 "$OCIBLK" import oci:"$T/multi":base --name m-s390 --platform linux/s390x >"$T/out" 2>"$T/err"
 [ $? = 1 ] && grep -q "no image for platform linux/s390x" "$T/err" && ok "index: absent platform is an error naming it" \
 	|| { notok "index: absent platform is an error naming it"; sed 's/^/# /' "$T/err"; }
-echo "1..$n"
-[ $failed = 0 ]
+tap_end

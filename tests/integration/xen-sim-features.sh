@@ -6,19 +6,9 @@
 # indirect) against an in-memory model.  Covers ABIs, multi-page rings, multi-queue, persistent
 # grants, read-only images and --ro containers, reconnection, persistence across device
 # processes, a killed device process being restarted and resuming, a vanished frontend, detach.
-set -u
-BUILD=${OCIBLK_BUILD:-$(dirname "$0")/../../build}
-OCIBLK=$BUILD/ociblk
+. "$(dirname "$0")/lib.bash"
 FE=$BUILD/tests/tools/blkfront-sim
-T=$(mktemp -d)
-PIDS=""
-cleanup() { for p in $PIDS; do kill "$p" 2>/dev/null; done; for p in $PIDS; do wait "$p" 2>/dev/null; done; rm -rf "$T"; }
-trap cleanup EXIT
-export OCIBLK_ROOT=$T/store OCIBLK_XEN_SIM=$T/sim.sock
-n=0; failed=0
-ok()   { n=$((n+1)); echo "ok $n - $1"; }
-notok(){ n=$((n+1)); failed=$((failed+1)); echo "not ok $n - $1"; }
-diag() { sed 's/^/# /' "$@" | tail -15; }
+export OCIBLK_XEN_SIM=$T/sim.sock
 [ -x "$OCIBLK" ] && [ -x "$FE" ] || { echo "1..1"; echo "not ok 1 - ociblk or blkfront-sim not built"; exit 1; }
 BE0=/local/domain/0/backend
 

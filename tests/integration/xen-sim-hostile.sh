@@ -6,19 +6,9 @@
 # then still serves good requests), a disconnect, or a refused connection -- while a second,
 # well-behaved guest keeps doing checked I/O on another device the whole time.  No device
 # process may crash, and every device directory is cleaned up when its guest goes away.
-set -u
-BUILD=${OCIBLK_BUILD:-$(dirname "$0")/../../build}
-OCIBLK=$BUILD/ociblk
+. "$(dirname "$0")/lib.bash"
 FE=$BUILD/tests/tools/blkfront-sim
-T=$(mktemp -d)
-PIDS=""
-cleanup() { for p in $PIDS; do kill "$p" 2>/dev/null; done; for p in $PIDS; do wait "$p" 2>/dev/null; done; rm -rf "$T"; }
-trap cleanup EXIT
-export OCIBLK_ROOT=$T/store OCIBLK_XEN_SIM=$T/sim.sock
-n=0; failed=0
-ok()   { n=$((n+1)); echo "ok $n - $1"; }
-notok(){ n=$((n+1)); failed=$((failed+1)); echo "not ok $n - $1"; }
-diag() { sed 's/^/# /' "$@" | tail -15; }
+export OCIBLK_XEN_SIM=$T/sim.sock
 [ -x "$OCIBLK" ] && [ -x "$FE" ] || { echo "1..1"; echo "not ok 1 - ociblk or blkfront-sim not built"; exit 1; }
 wait_gone() { for _ in $(seq 200); do "$FE" xs-read "$1" >/dev/null 2>&1 || return 0; sleep 0.05; done; return 1; }
 wait_grep() { for _ in $(seq 200); do grep -q "$1" "$2" 2>/dev/null && return 0; sleep 0.05; done; return 1; }
