@@ -19,9 +19,10 @@
  * only in cow_queue_poll.  When vfs_is_posix() is false (crash tests) nothing uses the ring: every
  * request runs synchronously through common/vfs.h.
  * Reads first try preadv2(RWF_NOWAIT): a page-cache hit completes at once, without a thread hop;
- * misses go to the ring.  A raw (uncompressed) chunk that a lower read covers whole, in one
- * iovec, is read straight into the request's buffer and its checksum verified there; other chunks
- * are decoded into the chunk cache and copied out.  (ext4 has no non-blocking buffered write: a small inline write may
+ * misses go to the ring.  A chunk that a lower read covers whole, in one iovec, goes straight
+ * into the request's buffer: a raw one is read there and its checksum verified there, a compressed
+ * one is decoded there from a stored-chunk buffer; other chunks are decoded into the chunk cache
+ * and copied out.  (ext4 has no non-blocking buffered write: a small inline write may
  * block the caller's thread on dirty-page throttling, which only delays that queue's requests;
  * big writes stay on the ring.)  OCIBLK_COW_RING_ONLY=1 sends all reads and writes through the
  * ring (tests cover both paths).  Completions made at submit signal the eventfd once per poll
@@ -321,11 +322,12 @@ static void lower_step(struct cow_ctx *c)
 			if (r) return lower_fail(c, r);
 			uint64_t n;
 			const struct layer_extent *x = &layer_get_extents(dev->layers[e->layer], &n)[e->extent];
+			/* the request's buffer for the whole chunk, when the request covers it: the chunk is
+			 * then decoded there, not through the cache */
 			uint8_t *dst = NULL;
-			if (!x->compressed && c->pos == es && x->block_index == e->block_index && x->block_count == e->block_count &&
-			    seg_end == ee && x->stored_bytes == (uint64_t)x->block_count * COW_BLOCK_SIZE)
-				dst = iov_span(req, c->pos - req->offset_bytes, x->stored_bytes);
-			if (dst) {
+			if (c->pos == es && x->block_index == e->block_index && x->block_count == e->block_count && seg_end == ee)
+				dst = iov_span(req, c->pos - req->offset_bytes, (uint64_t)x->block_count * COW_BLOCK_SIZE);
+			if (dst && !x->compressed && x->stored_bytes == (uint64_t)x->block_count * COW_BLOCK_SIZE) {
 				/* a raw chunk the request covers whole: read and verify it in the request's
 				 * buffer, no copy through the cache */
 				int fd = layer_get_fd(dev->layers[e->layer]);
@@ -365,6 +367,12 @@ static void lower_step(struct cow_ctx *c)
 				ssize_t got = q->try_inline ? pread_nowait(layer_get_fd(dev->layers[e->layer]), sb,
 									   x->stored_bytes, x->offset_bytes)
 							    : -1;
+				if (got >= 0 && (uint64_t)got == x->stored_bytes && dst) {
+					r = layer_decode_extent(dev->layers[e->layer], e->extent, sb, dst);
+					if (r) return lower_fail(c, r);
+					c->pos = seg_end;
+					continue;
+				}
 				if (got >= 0 && (uint64_t)got == x->stored_bytes) {
 					/* in the page cache: decode now */
 					unsigned slot = cow_chunk_claim(&q->cache);
@@ -380,6 +388,7 @@ static void lower_step(struct cow_ctx *c)
 					if (r) return lower_fail(c, r);
 				} else {
 					c->buf = q->pool_free[--q->pool_free_n];
+					c->direct = dst;
 					c->io_layer = e->layer;
 					c->io_extent = e->extent;
 					io_uring_prep_read(sqe, layer_get_fd(dev->layers[e->layer]),
@@ -416,9 +425,11 @@ static void lower_io_done(struct cow_ctx *c, int res)
 	else if ((uint64_t)res != x->stored_bytes)
 		r = log_error(-EIO, "read layer %s extent %llu: short file", dev->digests[c->io_layer],
 			      (unsigned long long)c->io_extent);
-	else if (c->buf < 0) {
-		/* read straight into the request: verify in place, then go past the chunk */
-		r = layer_decode_extent(dev->layers[c->io_layer], c->io_extent, c->direct, c->direct);
+	else if (c->direct) {
+		/* a raw chunk read straight into the request (verified in place), or a stored chunk
+		 * decoded into it; then go past the chunk */
+		const uint8_t *stored = c->buf < 0 ? c->direct : q->pool + (size_t)c->buf * q->pool_buf_bytes;
+		r = layer_decode_extent(dev->layers[c->io_layer], c->io_extent, stored, c->direct);
 		if (!r) c->pos = (x->block_index + x->block_count) * COW_BLOCK_SIZE;
 	} else {
 		unsigned slot = cow_chunk_claim(&q->cache);
