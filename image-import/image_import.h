@@ -52,7 +52,8 @@ struct image_import_result {
  * invented timestamps are 0, so a chain's block layers are byte-identical whichever image or
  * machine brought them.  The record's extra_json holds source, manifest_digest (OCI sources),
  * config_digest, platform, created, layer_blobs, diff_ids and chain_ids.
- * Holds the store lock while it builds and publishes (verification runs before, unlocked).
+ * Builds without the store lock (the layers it uses stay open, so gc keeps them) and holds it only
+ * to publish the records (FORMAT.md section 4).
  * Returns 0 or -errno; every error is logged once, naming the image, the layer ("layer 2/5
  * (sha256:...)") and, for tar problems, the entry. */
 int image_import(struct layer_store *store, const struct image_import_options *opts,
@@ -67,5 +68,13 @@ enum image_import_json_kind {
 	IMAGE_IMPORT_JSON_DOCKER_MANIFEST = 4,/* docker-archive manifest.json */
 };
 int image_import_json_check(enum image_import_json_kind kind, const void *buf, size_t len);
+
+/* Unpacks the archive at path as an import does (docker: docker-archive, else oci-archive) into
+ * the store's tmp/, opens each of names as an archive member (following hard links and, for
+ * docker-archive, symlinks with bounded hops) and reads it, then removes the unpacked files.
+ * 0 when the archive unpacked (a missing member is not an error here), else -errno (logged).
+ * For the fuzz target of archive member extraction. */
+int image_import_archive_check(struct layer_store *store, const char *path, bool docker, const char *const *names,
+			       unsigned name_count);
 
 #endif

@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "common/log.h"
+#include "image-import/image_import.h"
 #include "layer-store/layer_store.h"
 
 struct member {
@@ -438,5 +439,26 @@ int oci_read_fd_verified(int fd, const char *what, size_t max_bytes, const char 
 	*out = buf;
 	*len_out = len;
 	if (digest_out) memcpy(digest_out, d, SHA256_DIGEST_STRLEN);
+	return 0;
+}
+
+int image_import_archive_check(struct layer_store *store, const char *path, bool docker, const char *const *names,
+			       unsigned name_count)
+{
+	char source[OCIBLK_PATH_MAX + 32];
+	struct oci_source *src;
+	if ((size_t)snprintf(source, sizeof(source), "%s:%s", docker ? "docker-archive" : "oci-archive", path) >= sizeof(source))
+		return log_error(-ENAMETOOLONG, "check archive %s: path too long", path);
+	int r = oci_source_open(store, source, &src);
+	if (r < 0) return r;
+	for (unsigned i = 0; i < name_count; i++) {
+		char buf[4096];
+		int fd = oci_source_open_member(src, names[i]);
+		if (fd < 0) continue;
+		while (read(fd, buf, sizeof(buf)) > 0)
+			;
+		close(fd);
+	}
+	oci_source_close(src);
 	return 0;
 }

@@ -10,6 +10,7 @@
  * Layer reference counts are derived from the records (never stored), so they cannot drift.
  * Every mutation takes the store lock (flock, exclusive), is written temp -> fsync -> rename ->
  * fsync(dir), and after a crash at any instant the store holds either the old or the new state.
+ * Work in progress is marked by shared flocks (open layers, held temps): gc never removes it.
  *
  * Units: this module speaks bytes (offset_bytes, size_bytes) except where a name says blocks.
  * Everything returns 0 or -errno and logs once at the origin of an error. */
@@ -41,8 +42,10 @@ int layer_store_open(const char *root, unsigned flags, struct layer_store **out)
 void layer_store_close(struct layer_store *store);
 const char *layer_store_root(const struct layer_store *store);
 
-/* Store-wide lock for a multi-step mutation (e.g. import: add layers, then the image record).
- * Record functions below take it themselves; it is recursive within one store handle. */
+/* Store-wide lock for a multi-step mutation of records (e.g. import: chain records, then the image
+ * record).  Record functions below take it themselves; it is recursive within one store handle.
+ * Long work (writing a layer) does not need it: what it uses stays open or held, which gc
+ * respects (FORMAT.md section 4). */
 int layer_store_lock(struct layer_store *store);
 void layer_store_unlock(struct layer_store *store);
 
