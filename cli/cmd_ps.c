@@ -50,12 +50,7 @@ static int ps_one(const char *name, void *opaque)
 	int err = layer_store_container_get(ctx->store, name, &rec);
 	if (err) return err;
 	if (layer_store_container_dir(ctx->store, name, dir, sizeof dir) == 0) upper = disk_usage(dir);
-	/* Probe the container lock without logging: -EBUSY means a device has it open. */
-	log_set_quiet(1);
-	int lfd = layer_store_container_lock(ctx->store, name);
-	log_set_quiet(0);
-	bool in_use = lfd == -EBUSY;
-	if (lfd >= 0) close(lfd);
+	bool in_use = layer_store_container_in_use(ctx->store, name) == 1;
 	const char *top = rec.layer_count ? rec.layers[rec.layer_count - 1] : "";
 	if (ctx->json) {
 		struct json_object *o = json_object_new_object();

@@ -215,6 +215,10 @@ int layer_store_container_lock(struct layer_store *store, const char *name);
  * read-only opens coexist; -EBUSY while it is open read-write (and a read-write open, or a
  * remove, gets -EBUSY while any read-only open holds it). */
 int layer_store_container_lock_shared(struct layer_store *store, const char *name);
+/* Whether a device has the container open (1) or not (0), or -errno; logs nothing.  The probe
+ * holds the lock only under the store lock, so it never makes a concurrent open fail; attempts of
+ * the two functions above are made under the store lock for the same reason. */
+int layer_store_container_in_use(struct layer_store *store, const char *name);
 
 /* Chain-id records: OCI chain id ("sha256:<hex>") -> layer digest. */
 int layer_store_chain_put(struct layer_store *store, const char *chain_id, const char *layer_digest);

@@ -868,15 +868,45 @@ static int container_lock(struct layer_store *s, const char *name, int how)
 		if (r == -ENOENT) return log_error(-ENOENT, "lock container %s: no such container", name);
 		return log_error(r, "lock container %s: %s", name, strerror(-r));
 	}
+	/* Probes (gc sweeping a container's temps, ps, fsck) take this lock for a moment too; every
+	 * attempt is made under the store lock, so a probe is never mistaken for a device: an open
+	 * racing gc waits for it instead of failing with -EBUSY. */
+	r = layer_store_lock(s);
+	if (r) {
+		close(fd);
+		return r;
+	}
 	while ((r = flock(fd, how | LOCK_NB)) < 0 && errno == EINTR)
 		;
+	r = r < 0 ? (errno == EWOULDBLOCK ? -EBUSY : -errno) : 0;
+	layer_store_unlock(s);
 	if (r < 0) {
-		r = errno == EWOULDBLOCK ? -EBUSY : -errno;
 		close(fd);
 		return log_error(r, "lock container %s: %s", name,
 				 r != -EBUSY ? strerror(-r) : how == LOCK_SH ? "open read-write by another device" : "in use by another device");
 	}
 	return fd;
+}
+
+int layer_store_container_in_use(struct layer_store *s, const char *name)
+{
+	char dir[OCIBLK_PATH_MAX], p[OCIBLK_PATH_MAX];
+	int fd, r = layer_store_container_dir(s, name, dir, sizeof dir);
+	if (r) return r;
+	if ((size_t)snprintf(p, sizeof p, "%s/lock", dir) >= sizeof p) return -ENAMETOOLONG;
+	fd = open(p, O_RDWR | O_CLOEXEC);
+	if (fd < 0) return -errno;
+	r = layer_store_lock(s);
+	if (!r) {
+		while ((r = flock(fd, LOCK_EX | LOCK_NB)) < 0 && errno == EINTR)
+			;
+		r = r < 0 ? (errno == EWOULDBLOCK ? 1 : -errno) : 0;
+		close(fd); /* releases the probe's lock, still under the store lock */
+		fd = -1;
+		layer_store_unlock(s);
+	}
+	if (fd >= 0) close(fd);
+	return r;
 }
 
 /* ---------------------------------------------------------------- chain ids --------------- */
