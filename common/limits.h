@@ -35,13 +35,24 @@
 #define COW_QUEUE_DEPTH_MAX 1024u
 /* One request never moves more than 32 MiB (NBD's largest sane request; blkif is far below). */
 #define COW_REQUEST_BYTES_MAX (32u << 20)
-/* The upper's journal is compacted into a snapshot when it grows past this. */
+/* Default journal limit of a device (cow_device_set_journal_limit): the journal is compacted into
+ * a snapshot at a checkpoint past half of this or of COW_JOURNAL_PAYLOAD_BYTES_MAX, the lower;
+ * also bounds how much of upper.map open reads. */
 #define COW_JOURNAL_BYTES_MAX (64u << 20)
 /* iovec entries per request: the kernel's UIO_MAXIOV. */
 #define COW_IOV_MAX 1024u
 /* State changes waiting for a flush (16 bytes each): past this a device flushes on its own, so a
  * guest that never flushes cannot grow them without bound. */
 #define COW_PENDING_CHANGES_MAX (1u << 20)
+/* Blocks whose content one flush writes into its journal record instead of syncing upper.data
+ * (a write-ahead log with data): a QD1 write+flush then costs one sync, like a raw file.  Kept
+ * per container (4 KiB each, preallocated at open); more blocks written between two flushes make
+ * that flush sync upper.data instead, which is cheaper for big writes anyway. */
+#define COW_FLUSH_PAYLOAD_BLOCKS_MAX 64u
+/* Journal bytes (payloads included) past which flushes sync upper.data and the journal is
+ * compacted: bounds upper.map's size (overlay space) and the replay at open; compaction costs a
+ * few ms once per ~500 single-block flushes. */
+#define COW_JOURNAL_PAYLOAD_BYTES_MAX (2u << 20)
 /* Stored-chunk buffers per queue for reads from layers through io_uring (each as big as the
  * chain's largest stored chunk, 64 KiB by default): enough to keep a disk busy. */
 #define COW_QUEUE_CHUNK_BUFFERS 16u

@@ -47,15 +47,21 @@ struct cow_change {
 };
 
 #define COW_MAP_MAGIC "OCIBLKUP"
-#define COW_MAP_VERSION 1u
-#define COW_JOURNAL_MAGIC 0x4c4e524au /* "JRNL" */
+/* Version 2 (cow/FORMAT.md): a header with first_seq, records that may carry the data of the
+ * blocks they cover (payloads) and checkpoints.  Version 1 maps still open (upgraded at open). */
+#define COW_MAP_VERSION 2u
+#define COW_MAP_VERSION_V1 1u
+#define COW_JOURNAL_MAGIC 0x4c4e524au    /* "JRNL": version-1 record */
+#define COW_JOURNAL_MAGIC_V2 0x324e524au /* "JRN2": version-2 record */
+/* Record flag: every payload of a record with seq < covers_seq is durable in upper.data. */
+#define COW_RECORD_CHECKPOINT 1u
 
 /* upper.map keeps a tail of written, synced zeros past the journal, grown in steps of this
  * many bytes: an append inside it is an overwrite within i_size, so its sync commits no
  * block allocation or size change.  Replay stops at the zeros (no record has magic 0). */
 #define COW_MAP_TAIL_STEP (1u << 20)
 
-/* Header of upper.map (little-endian host layout, fixed size). */
+/* Header of upper.map, version 1 (little-endian host layout, fixed size). */
 struct cow_map_header {
 	char magic[8];
 	uint32_t version;
@@ -68,32 +74,62 @@ struct cow_map_header {
 	uint64_t run_count;                  /* snapshot runs that follow */
 };
 
+/* Version 2: the same, then the sequence number of the first journal record.  Sequence numbers
+ * go on across compactions, so a checkpoint's covers_seq stays meaningful in a new file. */
+struct cow_map_header_v2 {
+	struct cow_map_header h;
+	uint64_t first_seq;
+};
+
 struct cow_journal_header {
 	uint32_t magic;
 	uint32_t entry_count;
 	uint64_t seq;
 };
 
+struct cow_journal_header_v2 {
+	uint32_t magic;          /* COW_JOURNAL_MAGIC_V2 */
+	uint32_t entry_count;    /* state changes (16 bytes each) */
+	uint64_t seq;
+	uint32_t payload_count;  /* blocks carried: u64 index each, then 4096 bytes each */
+	uint32_t flags;          /* COW_RECORD_CHECKPOINT */
+	uint64_t covers_seq;     /* with COW_RECORD_CHECKPOINT: payloads of records before it are in upper.data */
+};
+
 /* The result of parsing a map file. */
 struct cow_map_parsed {
 	struct cow_map_header hdr;
+	uint32_t version;
+	uint64_t first_seq;
 	uint64_t journal_offset;  /* where records start */
 	uint64_t journal_end;     /* end of the last valid record */
 	uint64_t next_seq;
 	uint64_t records;
+	uint64_t covered_seq;     /* payloads of records before this seq are durable in upper.data */
+	uint64_t payload_records; /* records carrying payloads (covered or not) */
+	uint64_t last_payload_seq;/* seq of the last of them (0: none) */
 	uint64_t errors;          /* corruption found (snapshot bad, entries out of range) */
 };
 
-/* Parses map bytes into states (size_blocks bytes, zeroed by caller).  Returns 0 or -EUCLEAN
- * (errors logged when log_errors). */
+/* Parses map bytes (version 1 or 2) into states (size_blocks bytes, zeroed by caller).  Returns
+ * 0 or -EUCLEAN (errors logged when log_errors). */
 int cow_map_parse(const uint8_t *buf, uint64_t len, uint64_t size_blocks, uint8_t *states,
 		  struct cow_map_parsed *out, bool log_errors, const char *path);
-/* Serialises a snapshot of states into a malloc'd buffer. */
+/* Calls apply for each payload that recovery must replay (records at or after p->covered_seq,
+ * in order, so a later one of the same block comes later; only blocks whose final state is
+ * COW_UPPER_DATA); *blocks_out counts them.  buf/p as parsed; states: the parsed states. */
+int cow_map_replay(const uint8_t *buf, const struct cow_map_parsed *p, const uint8_t *states,
+		   int (*apply)(void *ctx, uint64_t block_index, const uint8_t *data), void *ctx, uint64_t *blocks_out);
+/* Serialises a version-2 snapshot of states into a malloc'd buffer. */
 int cow_map_serialize(const uint8_t *states, uint64_t size_blocks, uint64_t generation, uint32_t base_layer_count,
-		      const char *base_top, uint8_t **out, uint64_t *len_out);
-/* Builds a journal record of the changes. */
-int cow_journal_record(const struct cow_change *changes, uint64_t count, uint64_t seq, uint8_t **out,
-		       uint64_t *len_out);
+		      const char *base_top, uint64_t first_seq, uint8_t **out, uint64_t *len_out);
+/* Builds a version-2 journal record: the changes, payload_count blocks (indexes and 4096-byte
+ * contents), flags and covers_seq.  *len_out is its length. */
+int cow_journal_record(const struct cow_change *changes, uint64_t count, uint64_t seq, uint32_t flags,
+		       uint64_t covers_seq, const uint64_t *payload_blocks, const uint8_t *payload_data,
+		       uint32_t payload_count, uint8_t **out, uint64_t *len_out);
+/* Bytes of a version-2 record with these counts. */
+uint64_t cow_journal_record_bytes(uint64_t count, uint32_t payload_count);
 
 /* ---------------------------------------------------------------- range locks --------------- */
 
@@ -184,6 +220,27 @@ struct cow_device {
 	uint64_t map_tail_end;     /* upper.map holds synced zeros from journal_end up to here */
 	uint64_t journal_limit;    /* compact past this many journal bytes */
 	uint64_t stats_compactions;
+	uint64_t journal_covered_seq;  /* payloads of records before it are durable in upper.data */
+	uint64_t journal_last_payload_seq; /* last record of this file with payloads (0: none) */
+	uint64_t stats_payload_flushes, stats_checkpoints;
+
+	/* Blocks whose upper.data content changed since the last flush captured them, with that
+	 * content (under mu): a flush writes them into its journal record instead of syncing
+	 * upper.data.  dirty_overflow: some change is not held here (too many blocks, or a failed
+	 * flush): the next flush must sync upper.data (a checkpoint). */
+	uint64_t *dirty_block;
+	uint8_t *dirty_data;          /* dirty_max blocks of 4096 bytes */
+	uint32_t dirty_count, dirty_max;
+	uint32_t dirty_cap;           /* in force (<= dirty_max; tests lower it) */
+	bool dirty_overflow;
+	uint32_t checkpoints_in_flight; /* captured, upper.data sync or record pending */
+
+	/* A read-only container whose journal holds flushed blocks that upper.data may lack (a
+	 * crash of its writer): their replayed content, sorted by block, served by reads instead
+	 * of upper.data (which a read-only device never writes). */
+	uint64_t *ro_block;
+	uint8_t *ro_data;
+	uint32_t ro_count, ro_cap;
 
 	pthread_mutex_t sync_mu;   /* the synchronous API's chunk cache */
 	struct cow_chunk_cache sync_cache;
@@ -211,14 +268,36 @@ bool cow_read_all_lower(const struct cow_device *dev, const struct cow_request *
 bool cow_req_modifies(const struct cow_request *req);
 void cow_req_blocks(const struct cow_request *req, uint64_t *first, uint64_t *end);
 /* Sets blocks [first, end) to state s and records the changes for the journal (call after the
- * data write completed). */
+ * data write completed).  For COW_UPPER_DATA use cow_write_done. */
 int cow_set_state(struct cow_device *dev, uint64_t first, uint64_t end, uint8_t s);
-/* Flush in two halves: capture the completed changes (before syncing upper.data), then journal
- * them (after). */
-uint64_t cow_flush_capture(struct cow_device *dev);
-int cow_flush_journal(struct cow_device *dev, uint64_t target);
-/* Both halves with a synchronous fsync. */
+/* A write of blocks [first, end) of upper.data completed (range lock held): remembers their
+ * content for the next flush's record, then sets them COW_UPPER_DATA, atomically for flushes. */
+int cow_write_done(struct cow_device *dev, uint64_t first, uint64_t end);
+
+/* Flush.  The common case needs no sync of upper.data: cow_flush_journal_payload writes one
+ * record with the changes and the content of every block written since the last flush, and
+ * syncs upper.map (*done set).  When it cannot (too many blocks, a checkpoint in flight, the
+ * journal full), a checkpoint: capture, sync upper.data, then cow_flush_journal. */
+int cow_flush_journal_payload(struct cow_device *dev, bool *done);
+struct cow_flush_ticket {
+	uint64_t target;     /* changes up to here are journaled by this flush */
+	uint64_t covers_seq; /* records before this seq had their payloads written before the sync */
+};
+struct cow_flush_ticket cow_flush_capture(struct cow_device *dev);
+/* sync_result: of the upper.data sync (a failure is returned after undoing the capture). */
+int cow_flush_journal(struct cow_device *dev, const struct cow_flush_ticket *t, int sync_result);
+/* All of it with a synchronous fdatasync. */
 int cow_flush(struct cow_device *dev);
+/* When the journal holds payload records: sync upper.data and rewrite upper.map without them
+ * (close; no request in flight). */
+int cow_journal_compact(struct cow_device *dev);
+/* Preallocates the dirty-block slots of a container (max_blocks of them). */
+int cow_dirty_alloc(struct cow_device *dev, uint32_t max_blocks);
+/* Read-only open: the payloads recovery needs, kept in memory (dev->ro_*). */
+int cow_map_recover_readonly(struct cow_device *dev, const uint8_t *buf, const struct cow_map_parsed *p);
+/* Open: replays the payloads recovery needs into upper.data, syncs it and rewrites upper.map
+ * (also upgrades a version-1 map).  buf/len: the map as read, p: as parsed into dev->jstate. */
+int cow_map_recover(struct cow_device *dev, const uint8_t *buf, const struct cow_map_parsed *p);
 
 /* Range locks, granted FIFO: a range waits behind every earlier conflicting one (held or
  * waiting).  acquire blocks; try_acquire returns true when granted at once, else parks lk and

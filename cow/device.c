@@ -102,6 +102,10 @@ static void device_free(struct cow_device *dev)
 	free(dev->state);
 	free(dev->jstate);
 	free(dev->changes);
+	free(dev->dirty_block);
+	free(dev->dirty_data);
+	free(dev->ro_block);
+	free(dev->ro_data);
 	cow_chunk_cache_free(&dev->sync_cache);
 	pthread_mutex_destroy(&dev->mu);
 	pthread_mutex_destroy(&dev->journal_mu);
@@ -140,6 +144,8 @@ static int upper_reset_files(struct cow_device *dev)
 	memset(dev->state, 0, dev->size_blocks);
 	dev->change_count = 0;
 	dev->change_merge_floor = 0;
+	dev->dirty_count = 0;
+	dev->dirty_overflow = false;
 	dev->stats.upper_blocks = 0;
 	pthread_mutex_unlock(&dev->mu);
 	return 0;
@@ -149,8 +155,9 @@ int cow_map_rewrite(struct cow_device *dev)
 {
 	uint8_t *buf = NULL;
 	uint64_t len = 0;
+	if (!dev->journal_seq) dev->journal_seq = 1; /* sequence numbers go on across rewrites */
 	int r = cow_map_serialize(dev->jstate, dev->size_blocks, dev->map_generation, dev->layer_count,
-				  dev->layer_count ? dev->digests[dev->layer_count - 1] : "", &buf, &len);
+				  dev->layer_count ? dev->digests[dev->layer_count - 1] : "", dev->journal_seq, &buf, &len);
 	if (r) return r;
 	/* followed by a zero tail (see COW_MAP_TAIL_STEP) */
 	uint64_t padded = (len + COW_MAP_TAIL_STEP) / COW_MAP_TAIL_STEP * COW_MAP_TAIL_STEP;
@@ -170,7 +177,8 @@ int cow_map_rewrite(struct cow_device *dev)
 	dev->map_fd = fd;
 	dev->journal_offset = dev->journal_end = len;
 	dev->map_tail_end = padded;
-	dev->journal_seq = 1;
+	dev->journal_covered_seq = dev->journal_seq;
+	dev->journal_last_payload_seq = 0;
 	return 0;
 }
 
@@ -186,6 +194,9 @@ static int open_upper_data(struct cow_device *dev, bool excl)
 		return log_error(r, "extend upper %s: %s", dev->data_path, strerror(-r));
 	return 0;
 }
+
+static int open_upper_map_parsed(struct cow_device *dev, const uint8_t *buf, size_t len, const struct cow_map_parsed *pp,
+				 bool tail_zero);
 
 /* Loads upper.map (creating it when missing) into state/jstate. */
 static int open_upper_map(struct cow_device *dev, const char *dir)
@@ -204,8 +215,16 @@ static int open_upper_map(struct cow_device *dev, const char *dir)
 	/* past the journal: the zero tail, or (after a crash) a torn record, possibly in the tail */
 	bool tail_zero = true;
 	for (size_t i = r ? len : p.journal_end; i < len && tail_zero; i++) tail_zero = buf[i] == 0;
+	if (!r) r = open_upper_map_parsed(dev, (const uint8_t *)buf, len, &p, tail_zero);
 	free(buf);
-	if (r) return r;
+	return r;
+}
+
+static int open_upper_map_parsed(struct cow_device *dev, const uint8_t *buf, size_t len, const struct cow_map_parsed *pp,
+				 bool tail_zero)
+{
+	struct cow_map_parsed p = *pp;
+	int r;
 	dev->map_generation = p.hdr.generation;
 	const char *top = dev->layer_count ? dev->digests[dev->layer_count - 1] : "";
 	if (p.hdr.base_layer_count == dev->layer_count && !strcmp(p.hdr.base_top, top)) {
@@ -215,12 +234,16 @@ static int open_upper_map(struct cow_device *dev, const char *dir)
 		dev->journal_offset = p.journal_offset;
 		dev->journal_end = p.journal_end;
 		dev->journal_seq = p.next_seq;
+		dev->journal_covered_seq = p.covered_seq;
+		dev->journal_last_payload_seq = p.last_payload_seq;
 		dev->map_tail_end = tail_zero ? len : p.journal_end;
 		if (!tail_zero) {
 			/* drop a torn tail so the next record lands where replay looks for it */
 			if ((r = vfs_ftruncate(fd, p.journal_end)) || (r = vfs_fsync(fd)))
 				return log_error(r, "truncate upper map %s: %s", dev->map_path, strerror(-r));
 		}
+		/* flushed blocks held only in the journal go to upper.data; version 1 is upgraded */
+		if ((p.payload_records || p.version != COW_MAP_VERSION) && (r = cow_map_recover(dev, buf, &p))) return r;
 		memcpy(dev->state, dev->jstate, dev->size_blocks);
 		uint64_t n = 0;
 		for (uint64_t b = 0; b < dev->size_blocks; b++) n += dev->state[b] == COW_UPPER_DATA;
@@ -251,10 +274,13 @@ static int load_upper_readonly(struct cow_device *dev)
 	if (r) return log_error(r, "read upper map %s: %s", dev->map_path, strerror(-r));
 	struct cow_map_parsed p;
 	r = cow_map_parse((const uint8_t *)buf, len, dev->size_blocks, dev->jstate, &p, true, dev->map_path);
+	const char *top = dev->layer_count ? dev->digests[dev->layer_count - 1] : "";
+	bool same = !r && p.hdr.base_layer_count == dev->layer_count && !strcmp(p.hdr.base_top, top);
+	/* flushed blocks held only in the journal: kept in memory (nothing is written) */
+	if (same && p.payload_records) r = cow_map_recover_readonly(dev, (const uint8_t *)buf, &p);
 	free(buf);
 	if (r) return r;
-	const char *top = dev->layer_count ? dev->digests[dev->layer_count - 1] : "";
-	if (p.hdr.base_layer_count == dev->layer_count && !strcmp(p.hdr.base_top, top)) {
+	if (same) {
 		uint64_t n = 0;
 		memcpy(dev->state, dev->jstate, dev->size_blocks);
 		for (uint64_t b = 0; b < dev->size_blocks; b++) n += dev->state[b] == COW_UPPER_DATA;
@@ -298,6 +324,7 @@ static int open_container(struct layer_store *store, const char *container, bool
 		goto fail;
 	}
 	if ((r = alloc_states(dev))) goto fail;
+	if (!readonly && (r = cow_dirty_alloc(dev, COW_FLUSH_PAYLOAD_BLOCKS_MAX))) goto fail;
 	if (readonly) {
 		if ((r = load_upper_readonly(dev))) goto fail;
 	} else {
@@ -373,6 +400,7 @@ int cow_device_close(struct cow_device *dev)
 	int r = 0;
 	if (!dev) return 0;
 	if (dev->kind == COW_KIND_CONTAINER && !dev->readonly) r = cow_device_flush(dev);
+	if (dev->kind == COW_KIND_CONTAINER && !dev->readonly && !r) r = cow_journal_compact(dev); /* upper.map keeps no payloads */
 	if (dev->kind == COW_KIND_SCRATCH && dev->data_fd >= 0) {
 		vfs_close(dev->data_fd);
 		dev->data_fd = -1;

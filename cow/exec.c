@@ -7,10 +7,19 @@
  *    result always equals a serial order.
  *  - A block's state changes only under its range lock and under dev->mu; the change is appended
  *    to dev->changes (journal-eligible) only after its data write completed.
- *  - Flush: capture the changes completed so far, fsync upper.data, then append one journal
- *    record with exactly the captured changes and fsync upper.map.  Records are appended in
- *    capture order (journal_mu), so replay reproduces the live state of every flushed change.
+ *  - A write's content is kept for the next flush (dirty blocks) in the same hold of dev->mu as
+ *    its state change, so a flush captures both or neither.
+ *  - Flush, common case: one record with the completed changes and the content of every block
+ *    written since the previous flush, one sync of upper.map, no sync of upper.data.  Otherwise
+ *    (too many blocks, a checkpoint in flight, journal full) a checkpoint: capture the changes,
+ *    sync upper.data, append a record with them flagged COW_RECORD_CHECKPOINT with covers_seq =
+ *    the seq at capture, sync upper.map.  No payload record is appended while a checkpoint is in
+ *    flight, so one whose seq is >= a checkpoint's covers_seq only carries blocks written after
+ *    that checkpoint's capture: recovery replays exactly the payloads no sync has covered.
+ *  - Records are appended under journal_mu in capture order, so replay reproduces the live state
+ *    of every flushed change; compaction runs only when every payload is covered.
  *  - At most one block is copied from the chain per partial block written (head and tail). */
+#include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdlib.h>
@@ -151,6 +160,30 @@ static int iovc_pwrite(struct iovc *c, int fd, size_t len, uint64_t off)
 }
 
 /* ---------------------------------------------------------------- chunk cache ------------- */
+
+static uint32_t ro_find(const struct cow_device *dev, uint64_t b);
+
+/* Reads upper bytes [off, off+len) into the cursor: from upper.data, except blocks replayed
+ * into memory by a read-only open. */
+static int upper_read(struct cow_device *dev, struct iovc *cur, uint64_t len, uint64_t off)
+{
+	if (!dev->ro_count) return iovc_pread(cur, dev->data_fd, len, off);
+	while (len) {
+		uint64_t b = off / COW_BLOCK_SIZE, in = off % COW_BLOCK_SIZE;
+		uint64_t k = COW_BLOCK_SIZE - in < len ? COW_BLOCK_SIZE - in : len;
+		uint32_t i = ro_find(dev, b);
+		if (i < dev->ro_count && dev->ro_block[i] == b) {
+			iovc_put(cur, dev->ro_data + (size_t)i * COW_BLOCK_SIZE + in, k);
+		} else {
+			int r = iovc_pread(cur, dev->data_fd, k, off);
+			if (r) return r;
+		}
+		off += k;
+		len -= k;
+	}
+	return 0;
+}
+
 
 #define CHUNK_BYTES ((size_t)LAYER_CHUNK_BLOCKS_MAX * COW_BLOCK_SIZE)
 #define STORED_BYTES (CHUNK_BYTES + 65536)
@@ -394,6 +427,70 @@ void cow_range_release(struct cow_device *dev, struct cow_range_lock *lk)
 	pthread_mutex_unlock(&dev->mu);
 }
 
+/* ---------------------------------------------------------------- dirty blocks ------------ */
+
+int cow_dirty_alloc(struct cow_device *dev, uint32_t max_blocks)
+{
+	dev->dirty_block = calloc(max_blocks, sizeof *dev->dirty_block);
+	dev->dirty_data = malloc((size_t)max_blocks * COW_BLOCK_SIZE);
+	if (!dev->dirty_block || !dev->dirty_data) return log_error(-ENOMEM, "open upper: out of memory for flush blocks");
+	dev->dirty_max = dev->dirty_cap = max_blocks;
+	return 0;
+}
+
+/* Under dev->mu: the slot of block b, or dirty_count when it has none. */
+static uint32_t dirty_find(const struct cow_device *dev, uint64_t b)
+{
+	for (uint32_t i = 0; i < dev->dirty_count; i++)
+		if (dev->dirty_block[i] == b) return i;
+	return dev->dirty_count;
+}
+
+/* Under dev->mu (range lock of the write held): keeps the content of blocks [first, end) of
+ * upper.data, just written, for the next flush's record; past the cap, marks the overflow. */
+static void dirty_note_locked(struct cow_device *dev, uint64_t first, uint64_t end)
+{
+	if (!dev->dirty_max || dev->dirty_overflow) return;
+	if (end - first > dev->dirty_cap) {
+		dev->dirty_overflow = true;
+		return;
+	}
+	for (uint64_t b = first; b < end; b++) {
+		uint32_t i = dirty_find(dev, b);
+		if (i == dev->dirty_count) {
+			if (dev->dirty_count >= dev->dirty_cap) {
+				dev->dirty_overflow = true;
+				return;
+			}
+			dev->dirty_block[dev->dirty_count++] = b;
+		}
+		/* from the page cache: the data was written a moment ago */
+		if (upper_pread(dev->data_fd, dev->dirty_data + (size_t)i * COW_BLOCK_SIZE, COW_BLOCK_SIZE,
+				b * COW_BLOCK_SIZE)) {
+			dev->dirty_overflow = true;
+			return;
+		}
+	}
+}
+
+/* Under dev->mu: blocks [first, end) no longer need their content journaled (they read zero). */
+static void dirty_forget_locked(struct cow_device *dev, uint64_t first, uint64_t end)
+{
+	for (uint32_t i = 0; i < dev->dirty_count;) {
+		uint64_t b = dev->dirty_block[i];
+		if (b < first || b >= end) {
+			i++;
+			continue;
+		}
+		uint32_t last = --dev->dirty_count;
+		if (i != last) {
+			dev->dirty_block[i] = dev->dirty_block[last];
+			memcpy(dev->dirty_data + (size_t)i * COW_BLOCK_SIZE, dev->dirty_data + (size_t)last * COW_BLOCK_SIZE,
+			       COW_BLOCK_SIZE);
+		}
+	}
+}
+
 /* ---------------------------------------------------------------- state changes ----------- */
 
 /* Under dev->mu: record a completed change of [b, b+n) to state s. */
@@ -418,11 +515,10 @@ static int log_change_locked(struct cow_device *dev, uint64_t b, uint64_t n, uin
 	return 0;
 }
 
-/* Sets the state of [first, end) to s and records the changed runs. */
-int cow_set_state(struct cow_device *dev, uint64_t first, uint64_t end, uint8_t s)
+/* Under dev->mu: sets the state of [first, end) to s and records the changed runs. */
+static int set_state_locked(struct cow_device *dev, uint64_t first, uint64_t end, uint8_t s)
 {
 	int r = 0;
-	pthread_mutex_lock(&dev->mu);
 	for (uint64_t b = first; b < end && !r;) {
 		if (dev->state[b] == s) {
 			b++;
@@ -438,52 +534,68 @@ int cow_set_state(struct cow_device *dev, uint64_t first, uint64_t end, uint8_t 
 		r = log_change_locked(dev, b, e - b, s);
 		b = e;
 	}
+	return r;
+}
+
+/* After a state change (dev->mu released): a writer that never flushes must not grow the change
+ * list without bound: flushing early is always allowed. */
+static int bound_changes(struct cow_device *dev, int r)
+{
+	pthread_mutex_lock(&dev->mu);
 	bool too_many = dev->change_count > COW_PENDING_CHANGES_MAX;
 	pthread_mutex_unlock(&dev->mu);
-	/* A writer that never flushes must not grow the change list without bound: flushing early
-	 * is always allowed. */
 	if (!r && too_many) r = cow_flush(dev);
 	return r;
 }
 
+int cow_set_state(struct cow_device *dev, uint64_t first, uint64_t end, uint8_t s)
+{
+	pthread_mutex_lock(&dev->mu);
+	if (s != COW_UPPER_DATA) dirty_forget_locked(dev, first, end);
+	int r = set_state_locked(dev, first, end, s);
+	pthread_mutex_unlock(&dev->mu);
+	return bound_changes(dev, r);
+}
+
+int cow_write_done(struct cow_device *dev, uint64_t first, uint64_t end)
+{
+	/* one hold of dev->mu: a flush captures both the content and the state change, or neither */
+	pthread_mutex_lock(&dev->mu);
+	dirty_note_locked(dev, first, end);
+	int r = set_state_locked(dev, first, end, COW_UPPER_DATA);
+	pthread_mutex_unlock(&dev->mu);
+	return bound_changes(dev, r);
+}
+
 /* ---------------------------------------------------------------- flush ------------------- */
 
-static int journal_append(struct cow_device *dev, uint64_t target)
+/* Under journal_mu: writes the record at journal_end and syncs upper.map.  Inside the zero tail
+ * that is an overwrite within the file; past it, the same write grows the tail (record + zeros,
+ * one sync).  *rec may be replaced (grown). */
+static int journal_write(struct cow_device *dev, uint8_t **rec, uint64_t rec_len)
 {
-	int r = 0;
-	uint8_t *rec = NULL;
-	uint64_t rec_len = 0, n = 0;
-	pthread_mutex_lock(&dev->journal_mu);
-	pthread_mutex_lock(&dev->mu);
-	if (dev->changes_dropped < target) {
-		n = target - dev->changes_dropped;
-		if (n > dev->change_count) n = dev->change_count;
-		r = cow_journal_record(dev->changes, n, dev->journal_seq, &rec, &rec_len);
-	}
-	pthread_mutex_unlock(&dev->mu);
-	if (r || !n) goto out;
+	int r;
 	uint64_t tail_end = dev->map_tail_end;
 	if (dev->journal_end + rec_len > tail_end) {
-		/* grow the zero tail with this very write: record + zeros, one sync */
 		tail_end = (dev->journal_end + rec_len + COW_MAP_TAIL_STEP) / COW_MAP_TAIL_STEP * COW_MAP_TAIL_STEP;
-		uint8_t *grown = calloc(1, tail_end - dev->journal_end);
-		if (!grown) {
-			r = log_error(-ENOMEM, "append journal %s: out of memory", dev->map_path);
-			goto out;
-		}
-		memcpy(grown, rec, rec_len);
-		free(rec);
-		rec = grown;
-		r = vfs_pwrite_full(dev->map_fd, rec, tail_end - dev->journal_end, dev->journal_end);
+		uint8_t *grown = realloc(*rec, tail_end - dev->journal_end);
+		if (!grown) return log_error(-ENOMEM, "append journal %s: out of memory", dev->map_path);
+		memset(grown + rec_len, 0, tail_end - dev->journal_end - rec_len);
+		*rec = grown;
+		r = vfs_pwrite_full(dev->map_fd, grown, tail_end - dev->journal_end, dev->journal_end);
 	} else {
-		r = vfs_pwrite_full(dev->map_fd, rec, rec_len, dev->journal_end);
+		r = vfs_pwrite_full(dev->map_fd, *rec, rec_len, dev->journal_end);
 	}
 	if (!r) r = vfs_fdatasync(dev->map_fd);
-	if (r) {
-		r = log_error(r, "append journal %s: %s", dev->map_path, strerror(-r));
-		goto out;
-	}
+	if (r) return log_error(r, "append journal %s: %s", dev->map_path, strerror(-r));
 	dev->map_tail_end = tail_end;
+	return 0;
+}
+
+/* Under journal_mu, once a record of rec_len bytes holding the first n pending changes is
+ * durable: they are the journaled state now. */
+static void journal_commit(struct cow_device *dev, uint64_t n, uint64_t rec_len)
+{
 	dev->journal_end += rec_len;
 	dev->journal_seq++;
 	pthread_mutex_lock(&dev->mu);
@@ -494,38 +606,223 @@ static int journal_append(struct cow_device *dev, uint64_t target)
 	dev->changes_dropped += n;
 	dev->change_merge_floor = dev->change_merge_floor > n ? dev->change_merge_floor - n : 0;
 	pthread_mutex_unlock(&dev->mu);
-	if (dev->journal_end - dev->journal_offset > dev->journal_limit) {
-		r = cow_map_rewrite(dev);
-		if (!r) dev->stats_compactions++;
+}
+
+/* Journal bytes past which flushes stop carrying payloads (and the next checkpoint compacts). */
+static uint64_t journal_room(const struct cow_device *dev)
+{
+	return dev->journal_limit < COW_JOURNAL_PAYLOAD_BYTES_MAX ? dev->journal_limit : COW_JOURNAL_PAYLOAD_BYTES_MAX;
+}
+
+/* Under journal_mu, with every payload of the journal durable in upper.data: rewrite upper.map
+ * as a snapshot of the journaled state. */
+static int compact_locked(struct cow_device *dev)
+{
+	assert(dev->journal_last_payload_seq < dev->journal_covered_seq);
+	int r = cow_map_rewrite(dev);
+	if (!r) dev->stats_compactions++;
+	return r;
+}
+
+int cow_flush_journal_payload(struct cow_device *dev, bool *done)
+{
+	uint8_t *rec = NULL;
+	uint64_t rec_len = 0;
+	int r = 0;
+	*done = false;
+	if (dev->map_fd < 0 || !dev->dirty_max) return 0;
+	pthread_mutex_lock(&dev->journal_mu);
+	pthread_mutex_lock(&dev->mu);
+	uint64_t n = dev->change_count;
+	uint32_t pc = dev->dirty_count;
+	if (dev->dirty_overflow || dev->checkpoints_in_flight ||
+	    dev->journal_end - dev->journal_offset + cow_journal_record_bytes(n, pc) > journal_room(dev)) {
+		pthread_mutex_unlock(&dev->mu);
+		pthread_mutex_unlock(&dev->journal_mu);
+		return 0; /* a checkpoint */
 	}
-out:
+	if (n == 0 && pc == 0) {
+		/* every completed write is journaled or was synced by a completed checkpoint */
+		pthread_mutex_unlock(&dev->mu);
+		pthread_mutex_unlock(&dev->journal_mu);
+		*done = true;
+		return 0;
+	}
+	r = cow_journal_record(dev->changes, n, dev->journal_seq, 0, 0, dev->dirty_block, dev->dirty_data, pc, &rec,
+			       &rec_len);
+	if (!r) {
+		dev->dirty_count = 0;
+		dev->change_merge_floor = n; /* later changes must not merge into captured entries */
+	}
+	pthread_mutex_unlock(&dev->mu);
+	if (!r) r = journal_write(dev, &rec, rec_len);
+	if (!r) {
+		if (pc) dev->journal_last_payload_seq = dev->journal_seq;
+		journal_commit(dev, n, rec_len);
+		if (pc) dev->stats_payload_flushes++;
+		*done = true;
+	} else {
+		/* the captured blocks are in no durable record: the next flush syncs upper.data */
+		pthread_mutex_lock(&dev->mu);
+		dev->dirty_overflow = true;
+		pthread_mutex_unlock(&dev->mu);
+	}
 	pthread_mutex_unlock(&dev->journal_mu);
 	free(rec);
 	return r;
 }
 
-uint64_t cow_flush_capture(struct cow_device *dev)
+struct cow_flush_ticket cow_flush_capture(struct cow_device *dev)
 {
+	struct cow_flush_ticket t;
+	/* journal_mu: records before covers_seq were appended (their payloads written to upper.data)
+	 * before this point, records after it are captured after it */
+	pthread_mutex_lock(&dev->journal_mu);
 	pthread_mutex_lock(&dev->mu);
-	uint64_t target = dev->changes_dropped + dev->change_count;
+	t.target = dev->changes_dropped + dev->change_count;
+	t.covers_seq = dev->journal_seq;
 	dev->change_merge_floor = dev->change_count;
+	/* the coming sync of upper.data covers every block written so far */
+	dev->dirty_count = 0;
+	dev->dirty_overflow = false;
+	dev->checkpoints_in_flight++;
 	pthread_mutex_unlock(&dev->mu);
-	return target;
+	pthread_mutex_unlock(&dev->journal_mu);
+	return t;
 }
 
-int cow_flush_journal(struct cow_device *dev, uint64_t target)
+int cow_flush_journal(struct cow_device *dev, const struct cow_flush_ticket *t, int sync_result)
 {
-	if (dev->map_fd < 0) return 0;
-	return journal_append(dev, target);
+	uint8_t *rec = NULL;
+	uint64_t rec_len = 0, n = 0;
+	int r = sync_result;
+	pthread_mutex_lock(&dev->journal_mu);
+	if (r || dev->map_fd < 0) goto out;
+	pthread_mutex_lock(&dev->mu);
+	if (dev->changes_dropped < t->target) {
+		n = t->target - dev->changes_dropped;
+		if (n > dev->change_count) n = dev->change_count;
+	}
+	bool uncovered = dev->journal_last_payload_seq && dev->journal_last_payload_seq >= dev->journal_covered_seq;
+	if (n || uncovered)
+		r = cow_journal_record(dev->changes, n, dev->journal_seq, COW_RECORD_CHECKPOINT, t->covers_seq, NULL, NULL,
+				       0, &rec, &rec_len);
+	pthread_mutex_unlock(&dev->mu);
+	if (r) goto out;
+	if (rec) {
+		if ((r = journal_write(dev, &rec, rec_len))) goto out;
+		journal_commit(dev, n, rec_len);
+		if (t->covers_seq > dev->journal_covered_seq) dev->journal_covered_seq = t->covers_seq;
+	}
+	dev->stats_checkpoints++;
+	/* past half the room, compact now (payloads covered): payload flushes need room again */
+	if (dev->journal_end - dev->journal_offset > journal_room(dev) / 2 &&
+	    dev->journal_last_payload_seq < dev->journal_covered_seq)
+		r = compact_locked(dev);
+out:
+	pthread_mutex_lock(&dev->mu);
+	dev->checkpoints_in_flight--;
+	/* a failed checkpoint forgot blocks it did not make durable: the next one must sync */
+	if (r) dev->dirty_overflow = true;
+	pthread_mutex_unlock(&dev->mu);
+	pthread_mutex_unlock(&dev->journal_mu);
+	free(rec);
+	return r;
 }
 
 int cow_flush(struct cow_device *dev)
 {
 	if (dev->data_fd < 0) return 0; /* read-only image: nothing to make durable */
-	uint64_t target = cow_flush_capture(dev);
-	int r = vfs_fdatasync(dev->data_fd);
-	if (r) return log_error(r, "flush upper %s: %s", dev->data_path, strerror(-r));
-	return cow_flush_journal(dev, target);
+	bool done;
+	int r = cow_flush_journal_payload(dev, &done);
+	if (r || done) return r;
+	struct cow_flush_ticket t = cow_flush_capture(dev);
+	r = vfs_fdatasync(dev->data_fd);
+	if (r) log_error(r, "flush upper %s: %s", dev->data_path, strerror(-r));
+	return cow_flush_journal(dev, &t, r);
+}
+
+int cow_journal_compact(struct cow_device *dev)
+{
+	int r = 0;
+	if (dev->map_fd < 0) return 0;
+	pthread_mutex_lock(&dev->journal_mu);
+	if (dev->journal_last_payload_seq && !dev->checkpoints_in_flight) {
+		/* the payloads' blocks are in upper.data (as new or newer): make that durable */
+		r = vfs_fdatasync(dev->data_fd);
+		if (r) {
+			log_error(r, "flush upper %s: %s", dev->data_path, strerror(-r));
+		} else {
+			dev->journal_covered_seq = dev->journal_seq;
+			r = compact_locked(dev);
+		}
+	}
+	pthread_mutex_unlock(&dev->journal_mu);
+	return r;
+}
+
+static int replay_to_file(void *ctx, uint64_t b, const uint8_t *data)
+{
+	struct cow_device *dev = ctx;
+	return upper_pwrite(dev->data_fd, data, COW_BLOCK_SIZE, b * COW_BLOCK_SIZE);
+}
+
+/* Position of block b in the sorted read-only overlay, or where it would go. */
+static uint32_t ro_find(const struct cow_device *dev, uint64_t b)
+{
+	uint32_t lo = 0, hi = dev->ro_count;
+	while (lo < hi) {
+		uint32_t mid = lo + (hi - lo) / 2;
+		if (dev->ro_block[mid] < b) lo = mid + 1;
+		else hi = mid;
+	}
+	return lo;
+}
+
+static int replay_to_memory(void *ctx, uint64_t b, const uint8_t *data)
+{
+	struct cow_device *dev = ctx;
+	uint32_t i = ro_find(dev, b);
+	if (i == dev->ro_count || dev->ro_block[i] != b) {
+		if (dev->ro_count == dev->ro_cap) {
+			/* bounded by the journal's payloads, which open read whole */
+			uint32_t nc = dev->ro_cap ? dev->ro_cap * 2 : 64;
+			uint64_t *nb = realloc(dev->ro_block, nc * sizeof *nb);
+			if (nb) dev->ro_block = nb;
+			uint8_t *nd = nb ? realloc(dev->ro_data, (size_t)nc * COW_BLOCK_SIZE) : NULL;
+			if (!nd) return log_error(-ENOMEM, "open container %s read-only: out of memory for replay", dev->name);
+			dev->ro_data = nd;
+			dev->ro_cap = nc;
+		}
+		memmove(dev->ro_block + i + 1, dev->ro_block + i, (dev->ro_count - i) * sizeof *dev->ro_block);
+		memmove(dev->ro_data + (size_t)(i + 1) * COW_BLOCK_SIZE, dev->ro_data + (size_t)i * COW_BLOCK_SIZE,
+			(size_t)(dev->ro_count - i) * COW_BLOCK_SIZE);
+		dev->ro_block[i] = b;
+		dev->ro_count++;
+	}
+	memcpy(dev->ro_data + (size_t)i * COW_BLOCK_SIZE, data, COW_BLOCK_SIZE); /* a later payload wins */
+	return 0;
+}
+
+int cow_map_recover_readonly(struct cow_device *dev, const uint8_t *buf, const struct cow_map_parsed *p)
+{
+	uint64_t n = 0;
+	return cow_map_replay(buf, p, dev->jstate, replay_to_memory, dev, &n);
+}
+
+int cow_map_recover(struct cow_device *dev, const uint8_t *buf, const struct cow_map_parsed *p)
+{
+	uint64_t n = 0;
+	int r = cow_map_replay(buf, p, dev->jstate, replay_to_file, dev, &n);
+	if (r) return r;
+	if (n && (r = vfs_fdatasync(dev->data_fd))) return log_error(r, "replay upper %s: %s", dev->data_path, strerror(-r));
+	if (n) log_info("open container %s: replayed %llu flushed blocks from the journal", dev->name, (unsigned long long)n);
+	/* the payloads are in upper.data now; a new map drops them (and upgrades version 1) */
+	pthread_mutex_lock(&dev->journal_mu);
+	dev->journal_covered_seq = dev->journal_seq;
+	r = compact_locked(dev);
+	pthread_mutex_unlock(&dev->journal_mu);
+	return r;
 }
 
 /* ---------------------------------------------------------------- validation -------------- */
@@ -574,7 +871,7 @@ static int exec_read(struct cow_device *dev, struct cow_chunk_cache *c, const st
 		while (e * COW_BLOCK_SIZE < end && state_of(dev, e) == s) e++;
 		uint64_t seg_end = e * COW_BLOCK_SIZE < end ? e * COW_BLOCK_SIZE : end;
 		int r = 0;
-		if (s == COW_UPPER_DATA) r = iovc_pread(&cur, dev->data_fd, seg_end - off, off);
+		if (s == COW_UPPER_DATA) r = upper_read(dev, &cur, seg_end - off, off);
 		else if (s == COW_UPPER_ZERO) iovc_put(&cur, NULL, seg_end - off);
 		else r = read_lower(dev, c, off, seg_end - off, &cur, NULL);
 		if (r) return r;
@@ -629,7 +926,7 @@ static int write_range(struct cow_device *dev, struct cow_chunk_cache *c, uint64
 		dev->stats.copy_ups += copy_ups;
 		pthread_mutex_unlock(&dev->mu);
 	}
-	return cow_set_state(dev, first, last_end, COW_UPPER_DATA);
+	return cow_write_done(dev, first, last_end);
 }
 
 /* Whole blocks of [off, off+len) become zero state (holes punched); partial ends are zeroed by
@@ -747,6 +1044,7 @@ bool cow_upper_direct(const struct cow_device *dev, const struct cow_request *re
 	uint64_t first, end;
 	cow_req_blocks(req, &first, &end);
 	if (req->op == COW_OP_READ) {
+		if (dev->ro_count) return false; /* blocks replayed into memory: exec_read */
 		for (uint64_t b = first; b < end; b++)
 			if (dev->state[b] != COW_UPPER_DATA) return false;
 		return true;

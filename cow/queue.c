@@ -11,8 +11,10 @@
  *   - is one readv/writev on upper.data when it touches only the upper (reads of upper blocks,
  *     overwrites, whole-block writes: cow_upper_direct): writes up to
  *     COW_QUEUE_INLINE_WRITE_BYTES are a pwritev at start, bigger ones and reads go to the ring;
- *     the result finishes it (upper_io_done: state change for writes, then FUA's fsync +
- *     journal), or an fsync on the ring for FLUSH, or
+ *     the result finishes it (upper_io_done: state change for writes, then FUA's flush), or, for
+ *     a FLUSH, one journal record and one sync of upper.map made at start
+ *     (cow_flush_journal_payload), or when it must checkpoint, the fsync of upper.data on the
+ *     ring, or
  *   - runs synchronously at start (reads through the chain, first partial writes with their
  *     one-block copy-up, discard, write-zeroes) with the same code as the synchronous API.
  * Then the range is released (granting parked requests) and the completion queued; callbacks run
@@ -58,7 +60,7 @@ struct cow_ctx {
 	enum ctx_stage stage;
 	bool locked;
 	int result;
-	uint64_t flush_target;
+	struct cow_flush_ticket flush; /* a checkpoint waiting for its sync of upper.data */
 	/* lower read in progress: next device byte to produce, chunk being read into buffer buf
 	 * (-1: a raw chunk read straight into the request's buffer at direct) */
 	uint64_t pos;
@@ -232,16 +234,23 @@ static struct io_uring_sqe *get_sqe(struct cow_queue *q)
 	return sqe;
 }
 
+/* A flush (or FUA): usually one journal record with the written blocks and a sync of upper.map,
+ * done here; else a checkpoint, whose sync of upper.data goes through the ring. */
 static void start_fsync(struct cow_ctx *c)
 {
 	struct cow_queue *q = c->q;
-	c->flush_target = cow_flush_capture(q->dev);
+	bool done;
+	int r = cow_flush_journal_payload(q->dev, &done);
+	if (r || done) {
+		push_done(c, r);
+		return;
+	}
+	c->flush = cow_flush_capture(q->dev);
 	struct io_uring_sqe *sqe = get_sqe(q);
 	if (!sqe) {
 		/* cannot happen with one SQE per context, but never lose a flush */
-		int r = vfs_fdatasync(q->dev->data_fd);
-		if (!r) r = cow_flush_journal(q->dev, c->flush_target);
-		push_done(c, r);
+		r = vfs_fdatasync(q->dev->data_fd);
+		push_done(c, cow_flush_journal(q->dev, &c->flush, r));
 		return;
 	}
 	io_uring_prep_fsync(sqe, q->dev->data_fd, IORING_FSYNC_DATASYNC);
@@ -530,8 +539,7 @@ static void on_cqe(struct cow_ctx *c, int res)
 	}
 	if (c->stage == STAGE_FSYNC) {
 		int r = res < 0 ? log_error(res, "flush upper %s: %s", dev->data_path, strerror(-res)) : 0;
-		if (!r) r = cow_flush_journal(dev, c->flush_target);
-		push_done(c, r);
+		push_done(c, cow_flush_journal(dev, &c->flush, r));
 		return;
 	}
 	upper_io_done(c, res);
@@ -553,7 +561,7 @@ static void upper_io_done(struct cow_ctx *c, int res)
 	} else if (req->op == COW_OP_WRITE) {
 		uint64_t first, end;
 		cow_req_blocks(req, &first, &end);
-		r = cow_set_state(dev, first, end, COW_UPPER_DATA);
+		r = cow_write_done(dev, first, end);
 	}
 	release_range(c);
 	if (!r && req->op == COW_OP_WRITE && (req->flags & COW_FUA)) {

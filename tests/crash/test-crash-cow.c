@@ -14,11 +14,24 @@
  * Every third run crashes a second time during recovery (open, flush, close of the container)
  * before the checks, which hold to the same model.
  *
+ * All of it runs under several configurations of the flush path (cow/exec.c), each with its own
+ * clean run and crash runs:
+ *   - a tiny journal limit: every flush is a checkpoint (sync of upper.data, then a record), and
+ *     the journal is compacted every few flushes;
+ *   - flushes that carry the written blocks in their record (payloads, no sync of upper.data),
+ *     compaction every few dozen: recovery replays payloads into upper.data at open;
+ *   - the same on a hot set of 24 blocks, so blocks are overwritten, discarded and rewritten
+ *     between payload flushes and replay order matters (the last flushed content must win, and
+ *     must not clobber content made durable by a later checkpoint);
+ *   - a dirty cap of 3 blocks: payload flushes and overflow checkpoints interleave.
+ * Each configuration checks that its clean run took the paths it is meant to cover.
+ *
  * Seeds: OCIBLK_SEED replays the whole run (workload and crash outcomes); OCIBLK_CRASH_POINTS
- * sets the number of crash runs (default 1000, at least K+1 when K is larger). */
+ * sets the number of crash runs per configuration (default: K+1, every crash point once). */
 #include "common/log.h"
 #include "common/vfs.h"
 #include "cow/cow.h"
+#include "cow/cow_internal.h"
 #include "layer-store/layer_store.h"
 #include "tests/lib/crashvfs.h"
 #include "tests/lib/tap.h"
@@ -40,6 +53,21 @@
 #define V_BASE 1u
 
 static uint64_t seed;
+
+struct config {
+	const char *name;
+	uint64_t journal_limit;  /* bytes (cow_device_set_journal_limit) */
+	uint32_t dirty_cap;      /* blocks a flush may carry (0: the default) */
+	uint32_t hot_blocks;     /* requests start in the first hot_blocks blocks (0: anywhere) */
+	bool want_payloads, want_overflow;
+};
+static const struct config configs[] = {
+	{ "checkpoint flushes, journal limit 1 KiB", 1024, 0, 0, false, false },
+	{ "payload flushes, journal limit 48 KiB", 48 << 10, 0, 0, true, false },
+	{ "payload flushes on 24 hot blocks", 48 << 10, 0, 24, true, false },
+	{ "payload flushes on 24 hot blocks, dirty cap 3", 48 << 10, 3, 24, true, true },
+};
+static const struct config *cfg;
 static uint8_t base[DEV_BYTES];          /* what the image reads as */
 static char workdir[512], template_root[600], run_root[600], stash[600];
 
@@ -209,6 +237,7 @@ struct outcome {
 	int failed_op;       /* index of the op that failed, or -1 */
 	int live_mismatch;   /* reads that disagreed with the model (a bug without any crash) */
 	char what[128];      /* the op in progress when it failed */
+	uint64_t payload_flushes, checkpoints, compactions; /* flush paths taken (before close) */
 };
 
 static int do_write(struct cow_device *dev, struct model *m, uint64_t off, uint64_t len, unsigned flags)
@@ -242,7 +271,7 @@ static int do_zero(struct cow_device *dev, struct model *m, bool discard, uint64
 static void pick_range(uint64_t *rng, uint64_t *off, uint64_t *len)
 {
 	uint64_t kind = tap_rand(rng) % 4;
-	uint64_t b = tap_rand(rng) % DEV_BLOCKS;
+	uint64_t b = tap_rand(rng) % (cfg->hot_blocks ? cfg->hot_blocks : DEV_BLOCKS);
 	if (kind == 0) { /* whole blocks */
 		uint64_t n = 1 + tap_rand(rng) % 4;
 		if (b + n > DEV_BLOCKS) n = DEV_BLOCKS - b;
@@ -275,7 +304,8 @@ static void workload(struct layer_store *s, struct model *m, struct outcome *o)
 		o->failed_op = 0;
 		return;
 	}
-	cow_device_set_journal_limit(dev, 1024); /* compaction every few flushes */
+	cow_device_set_journal_limit(dev, cfg->journal_limit);
+	if (cfg->dirty_cap) dev->dirty_cap = cfg->dirty_cap;
 	for (i = 0; i < N_OPS; i++) {
 		uint64_t op = tap_rand(&rng) % 100, off, len;
 		pick_range(&rng, &off, &len);
@@ -319,6 +349,9 @@ static void workload(struct layer_store *s, struct model *m, struct outcome *o)
 		o->ops_done++;
 	}
 	if (!r) snprintf(o->what, sizeof o->what, "close");
+	o->payload_flushes = dev->stats_payload_flushes;
+	o->checkpoints = dev->stats_checkpoints;
+	o->compactions = dev->stats_compactions;
 	r = cow_device_close(dev); /* flushes; after a power cut it fails and only frees */
 	if (!r && o->failed_op < 0) model_durable(m);
 	else if (r && o->failed_op < 0) o->failed_op = N_OPS + 1;
@@ -492,7 +525,8 @@ static int crash_run(uint64_t point, uint64_t crash_seed, bool twice, struct out
 	return check_after_crash(&model, point, why, why_len);
 }
 
-int main(void)
+/* The clean run and the crash runs of the current configuration.  Returns failed runs. */
+static int run_config(void)
 {
 	struct outcome o;
 	uint64_t k_ops, runs, passed = 0, cut_in_commit = 0, cut_in_close = 0, uncut = 0;
@@ -500,6 +534,59 @@ int main(void)
 	char why[1024];
 	int failures = 0, r;
 
+	tap_diag("configuration: %s", cfg->name);
+	if (crashvfs_remove_tree(run_root) || crashvfs_copy_tree(template_root, run_root)) return 1;
+	{
+		struct layer_store *s;
+		crashvfs_settle();
+		layer_store_open(run_root, 0, &s);
+		model_free(&model);
+		model_init(&model);
+		crashvfs_arm(UINT64_MAX);
+		workload(s, &model, &o);
+		k_ops = crashvfs_op_count();
+		layer_store_close(s);
+	}
+	TAP_OK(o.failed_op < 0 && o.ops_done == N_OPS, "%s: workload of %d requests runs clean (%s at %d): %llu crash points",
+	       cfg->name, N_OPS, o.what, o.failed_op, (unsigned long long)k_ops);
+	TAP_IS(o.live_mismatch, 0, "every read of the workload matches the model");
+	TAP_OK(cfg->want_payloads ? o.payload_flushes >= 10 : o.payload_flushes == 0,
+	       "flushes carrying payloads: %llu; checkpoints: %llu; compactions: %llu", (unsigned long long)o.payload_flushes,
+	       (unsigned long long)o.checkpoints, (unsigned long long)o.compactions);
+	TAP_OK(o.compactions >= 2, "the journal was compacted during the workload");
+	if (cfg->want_overflow) TAP_OK(o.checkpoints >= 5, "overflowing the dirty cap made checkpoints");
+	if (o.failed_op >= 0) return 1;
+	why[0] = 0;
+	r = crashvfs_crash(seed, NULL);
+	TAP_OK(!r && check_after_crash(&model, 0, why, sizeof why) == 0, "a crash after the clean run loses nothing %s", why);
+
+	runs = e ? strtoull(e, NULL, 0) : k_ops + 1;
+	for (uint64_t i = 0; i < runs; i++) {
+		uint64_t point = runs >= k_ops + 1 ? i % (k_ops + 1) : i * (k_ops + 1) / runs;
+		uint64_t crash_seed = seed ^ ((i + 1) * 0x9E3779B97F4A7C15ull) ^ (uint64_t)(cfg - configs);
+		bool twice = i % 3 == 2;
+		if (crash_run(point, crash_seed, twice, &o, why, sizeof why) == 0) {
+			passed++;
+			if (o.failed_op < 0) uncut++;
+			else if (o.failed_op == COMMIT_AT + 1) cut_in_commit++;
+			else if (o.failed_op == N_OPS + 1) cut_in_close++;
+		} else if (failures++ < 10) {
+			tap_ok(0, "%s: crash point %llu of %llu%s, crash seed %llu (replay: OCIBLK_SEED=%llu), cut in op %d (%s): %s",
+			       cfg->name, (unsigned long long)point, (unsigned long long)k_ops,
+			       twice ? " and again in recovery" : "", (unsigned long long)crash_seed, (unsigned long long)seed,
+			       o.failed_op, o.what, why);
+		}
+	}
+	TAP_IS(passed, runs, "%s: %llu of %llu crash runs passed (reopen, fsck, container check, every sector old or new)",
+	       cfg->name, (unsigned long long)passed, (unsigned long long)runs);
+	tap_diag("runs cut inside the commit: %llu, inside the final close: %llu, not cut: %llu",
+		 (unsigned long long)cut_in_commit, (unsigned long long)cut_in_close, (unsigned long long)uncut);
+	return failures;
+}
+
+int main(void)
+{
+	int failures = 0;
 	seed = tap_seed();
 	snprintf(workdir, sizeof workdir, "%s", crashvfs_workdir());
 	snprintf(template_root, sizeof template_root, "%s/template", workdir);
@@ -508,52 +595,14 @@ int main(void)
 	if (!TAP_IS(crashvfs_install(stash), 0, "crashvfs installed")) return tap_done();
 	if (!TAP_IS(make_template(), 0, "starting store: 2-layer image of %u blocks and a container", DEV_BLOCKS))
 		return tap_done();
-
-	/* the clean run */
-	if (crashvfs_copy_tree(template_root, run_root)) return tap_done();
-	{
-		struct layer_store *s;
-		crashvfs_settle();
-		layer_store_open(run_root, 0, &s);
-		model_init(&model);
-		crashvfs_arm(UINT64_MAX);
-		workload(s, &model, &o);
-		k_ops = crashvfs_op_count();
-		layer_store_close(s);
+	for (size_t i = 0; i < sizeof configs / sizeof configs[0]; i++) {
+		cfg = &configs[i];
+		failures += run_config();
 	}
-	TAP_OK(o.failed_op < 0 && o.ops_done == N_OPS, "workload of %d requests runs clean (%s at %d): %llu crash points",
-	       N_OPS, o.what, o.failed_op, (unsigned long long)k_ops);
-	TAP_IS(o.live_mismatch, 0, "every read of the workload matches the model");
-	if (o.failed_op >= 0) return tap_done();
-	why[0] = 0;
-	r = crashvfs_crash(seed, NULL);
-	TAP_OK(!r && check_after_crash(&model, 0, why, sizeof why) == 0, "a crash after the clean run loses nothing %s", why);
-
-	runs = e ? strtoull(e, NULL, 0) : 1000;
-	if (!e && runs < k_ops + 1) runs = k_ops + 1;
-	for (uint64_t i = 0; i < runs; i++) {
-		uint64_t point = runs >= k_ops + 1 ? i % (k_ops + 1) : i * (k_ops + 1) / runs;
-		uint64_t crash_seed = seed ^ ((i + 1) * 0x9E3779B97F4A7C15ull);
-		bool twice = i % 3 == 2;
-		if (crash_run(point, crash_seed, twice, &o, why, sizeof why) == 0) {
-			passed++;
-			if (o.failed_op < 0) uncut++;
-			else if (o.failed_op == COMMIT_AT + 1) cut_in_commit++;
-			else if (o.failed_op == N_OPS + 1) cut_in_close++;
-		} else if (failures++ < 10) {
-			tap_ok(0, "crash point %llu of %llu%s, crash seed %llu (replay: OCIBLK_SEED=%llu), cut in op %d (%s): %s",
-			       (unsigned long long)point, (unsigned long long)k_ops, twice ? " and again in recovery" : "",
-			       (unsigned long long)crash_seed, (unsigned long long)seed, o.failed_op, o.what, why);
-		}
-	}
-	TAP_IS(passed, runs, "%llu of %llu crash runs passed (reopen, fsck, container check, every sector old or new)",
-	       (unsigned long long)passed, (unsigned long long)runs);
-	tap_diag("runs cut inside the commit: %llu, inside the final close: %llu, not cut: %llu",
-		 (unsigned long long)cut_in_commit, (unsigned long long)cut_in_close, (unsigned long long)uncut);
 	tap_diag("runs after which (and after gc) the container directory still held a stray temp file: %llu",
 		 (unsigned long long)stale_temp_runs);
 	model_free(&model);
 	crashvfs_uninstall();
-	crashvfs_workdir_done(passed != runs);
+	crashvfs_workdir_done(failures != 0);
 	return tap_done();
 }
