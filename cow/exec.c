@@ -601,7 +601,8 @@ static void journal_commit(struct cow_device *dev, uint64_t n, uint64_t rec_len)
 	pthread_mutex_lock(&dev->mu);
 	for (uint64_t i = 0; i < n; i++)
 		memset(dev->jstate + dev->changes[i].block_index, (int)dev->changes[i].state, dev->changes[i].block_count);
-	memmove(dev->changes, dev->changes + n, (dev->change_count - n) * sizeof *dev->changes);
+	if (n && dev->change_count > n)
+		memmove(dev->changes, dev->changes + n, (dev->change_count - n) * sizeof *dev->changes);
 	dev->change_count -= n;
 	dev->changes_dropped += n;
 	dev->change_merge_floor = dev->change_merge_floor > n ? dev->change_merge_floor - n : 0;
