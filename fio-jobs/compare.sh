@@ -16,6 +16,9 @@
 #   TARGETS [all]       a subset to run, e.g. "ociblk qemu-nbd-raw qcow2-64k-l2ext" (names as in
 #                       the table, plus ociblk-deep for the chain comparison and overlayfs); the
 #                       rest print n/a.  OCIBLK_BUILD picks the ociblk binary (A/B of two builds).
+#   JOBS [all]          a subset of the job names (e.g. "first-write-flush write-flush")
+#   OCIBLK_B [-]        another ociblk binary for an A/B in the same run: its own container on
+#                       the same base, served after ociblk, column ociblk-b
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 BUILD=${OCIBLK_BUILD:-$HERE/../build}
@@ -63,15 +66,17 @@ run_jobs() {
 			{ log "$name $j failed:"; cat "$R/$name.$j.err" >&2; }
 	done
 }
-FIRST_JOBS=(first-write-qd1 first-write-qd first-write-flush)
-LATER_JOBS=(rewrite write-flush randread-base seqread-1m seqwrite-1m randrw)
+want_job() { [ -z "${JOBS:-}" ] || [[ " $JOBS " == *" $1 "* ]]; }
+FIRST_JOBS=(); LATER_JOBS=()
+for j in first-write-qd1 first-write-qd first-write-flush; do want_job $j && FIRST_JOBS+=($j); done
+for j in rewrite write-flush randread-base seqread-1m seqwrite-1m randrw; do want_job $j && LATER_JOBS+=($j); done
 # bench NAME ENGINE TARGET DIRECT SPACE-CMD: every job; the space after the first-write jobs
 bench() {
 	local name=$1 engine=$2 target=$3 direct=$4 space=$5
 	log "$name"
-	run_jobs "$name" "$engine" "$target" "$direct" "${FIRST_JOBS[@]}"
+	run_jobs "$name" "$engine" "$target" "$direct" ${FIRST_JOBS[@]+"${FIRST_JOBS[@]}"}
 	if [ -n "$space" ]; then sync; eval "$space" >"$R/$name.space"; fi
-	run_jobs "$name" "$engine" "$target" "$direct" "${LATER_JOBS[@]}"
+	run_jobs "$name" "$engine" "$target" "$direct" ${LATER_JOBS[@]+"${LATER_JOBS[@]}"}
 }
 du_bytes() { du -s --block-size=1 "$@" | awk '{s += $1} END {print s}'; }
 
@@ -89,6 +94,14 @@ drop_caches
 wait_sock "$W/ociblk.sock"
 CTR_DIR=$(find "$W/store" -mindepth 2 -maxdepth 2 -type d -name ctr | head -1)
 want ociblk && bench ociblk nbd "uri=nbd+unix:///ctr?socket=$W/ociblk.sock" 0 "du_bytes '$CTR_DIR'"
+fi
+if [ -n "${OCIBLK_B:-}" ]; then
+"$OCIBLK_B" --quiet create base ctrb >/dev/null
+drop_caches
+"$OCIBLK_B" serve --nbd "unix:$W/ociblk-b.sock" --export ctrb >/dev/null 2>"$R/serve-b.err" & PIDS+=($!)
+wait_sock "$W/ociblk-b.sock"
+CTRB_DIR=$(find "$W/store" -mindepth 2 -maxdepth 2 -type d -name ctrb | head -1)
+bench ociblk-b nbd "uri=nbd+unix:///ctrb?socket=$W/ociblk-b.sock" 0 "du_bytes '$CTRB_DIR'"
 fi
 
 # deep chain: CHAIN_LAYERS layers, each adding 256 scattered 4 KiB blocks all over the device
@@ -215,7 +228,7 @@ def op_lat_us(name, jobfile):
     s = j.get("sync", {}).get("lat_ns", {}).get("mean", 0.0)
     return (w + s) / 1000.0
 
-targets = ["ociblk", "qcow2-64k", "qcow2-4k", "qcow2-64k-l2ext", "qemu-nbd-raw", "nbdkit-memory", "raw-io_uring-direct"]
+targets = ["ociblk"] + (["ociblk-b"] if any(f.startswith("ociblk-b.") for f in os.listdir(R)) else []) + ["qcow2-64k", "qcow2-4k", "qcow2-64k-l2ext", "qemu-nbd-raw", "nbdkit-memory", "raw-io_uring-direct"]
 rows = [
     ("first write 4 KiB QD1, p50 (µs)", lambda t: clat_us(t, "first-write-qd1", 50.0), "lower"),
     ("first write 4 KiB QD1, p99 (µs)", lambda t: clat_us(t, "first-write-qd1", 99.0), "lower"),
@@ -265,9 +278,10 @@ written = 4096 * (ios + qd_ios + flush_ios)
 out.append("\n**Space used by each overlay after the three first-write jobs** (%d scattered 4 KiB writes = %.1f MiB of data):\n" % (written // 4096, written / 1048576))
 out.append("| overlay | space (MiB) | ratio to data written |")
 out.append("|---|---|---|")
-for t in ["ociblk", "qcow2-64k", "qcow2-4k", "qcow2-64k-l2ext"]:
+for t in ["ociblk", "ociblk-b", "qcow2-64k", "qcow2-4k", "qcow2-64k-l2ext"]:
     s = space(t)
-    out.append("| %s | %s | %s |" % (t + (" (container dir: upper data + map)" if t == "ociblk" else " (overlay file)"),
+    if t == "ociblk-b" and s is None: continue
+    out.append("| %s | %s | %s |" % (t + (" (container dir: upper data + map)" if t.startswith("ociblk") else " (overlay file)"),
                                       fmt(s / 1048576) if s else "n/a", "%.2f×" % (s / written) if s else "n/a"))
 
 fw_flush = vals[(rows[3][0], "ociblk")]
