@@ -25,7 +25,7 @@ PIDS="$PIDS $!"
 
 bad=0
 run() { if ! "$@" >"$T/out" 2>"$T/err"; then bad=$((bad+1)); echo "# failed: $*"; sed 's/^/#   /' "$T/err" | head -5; fi; }
-ROUNDS=${OCIBLK_GC_ROUNDS:-6}
+ROUNDS=${OCIBLK_GC_ROUNDS:-12}
 for i in $(seq 1 "$ROUNDS"); do
 	run "$OCIBLK" import oci:"$T/img":a --name "a$i"
 	run "$OCIBLK" import oci:"$T/img":base --name "b$i"
