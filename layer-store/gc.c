@@ -13,6 +13,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -199,6 +200,19 @@ static int atomic_tmp_entry(const char *n)
 	return i > 4 && !strncmp(n + i - 4, ".tmp", 4);
 }
 
+/* The <pid> of an atomic-write temp "<file>.tmp.<pid>.<n>" names its writer: while that process
+ * lives, the temp may be a rewrite in flight (cow/'s upper.map runs without the store lock). */
+static int atomic_tmp_writer_alive(const char *n)
+{
+	const char *dot = strrchr(n, '.');
+	size_t i = dot ? (size_t)(dot - n) : 0;
+	while (i > 0 && n[i - 1] >= '0' && n[i - 1] <= '9') i--;
+	long pid = strtol(n + i, NULL, 10);
+	return pid > 0 && (kill((pid_t)pid, 0) == 0 || errno == EPERM);
+}
+
+static int stale_atomic_tmp_entry(const char *n) { return atomic_tmp_entry(n) && !atomic_tmp_writer_alive(n); }
+
 struct sweep_ctx {
 	struct layer_store *store;
 	unsigned min_age;
@@ -210,14 +224,10 @@ struct sweep_ctx {
 static int sweep_container(const char *name, void *opaque)
 {
 	struct sweep_ctx *c = opaque;
-	char dir[OCIBLK_PATH_MAX], lock[OCIBLK_PATH_MAX + 8];
-	int fd;
-	if (layer_store_container_dir(c->store, name, dir, sizeof dir)) return 0;
-	/* A device holding the container may be rewriting upper.map right now: its temp is live. */
-	snprintf(lock, sizeof lock, "%s/lock", dir);
-	if (ls_claim(lock, &fd) <= 0) return 0;
-	sweep_dir(dir, atomic_tmp_entry, c->min_age, c->removed);
-	if (fd >= 0) close(fd);
+	char dir[OCIBLK_PATH_MAX];
+	/* Not by taking the container's lock: a device opening it meanwhile would get -EBUSY. */
+	if (!layer_store_container_dir(c->store, name, dir, sizeof dir))
+		sweep_dir(dir, stale_atomic_tmp_entry, c->min_age, c->removed);
 	return 0;
 }
 

@@ -238,7 +238,7 @@ struct layer_store_gc_stats {
 int layer_store_layer_refcount(struct layer_store *store, const char *digest, uint64_t *count);
 /* Removes layers no record references and nobody has open, chain records of removed layers, and
  * temp files older than min_tmp_age_seconds that nobody holds (layer_store_tmp_hold; temps of
- * atomic writes inside a container directory are left while a device has the container open).
+ * atomic writes inside a container directory are left while the process that wrote them lives).
  * Work in progress is recognised by its locks, not by its age: the age only covers the instant
  * between creating a temp and holding it. */
 int layer_store_gc(struct layer_store *store, unsigned min_tmp_age_seconds, struct layer_store_gc_stats *stats);
