@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 #include <utime.h>
@@ -108,16 +109,24 @@ int main(void)
 	touch_old(p, 0);
 	snprintf(p, sizeof p, "%s/images/x.json.tmp.1.2", root);
 	touch_old(p, 7200);
+	/* In a container directory the <pid> must be dead too (cow/ rewrites upper.map without the
+	 * store lock): a child that has exited and been reaped is the writer that crashed. */
+	pid_t dead = fork();
+	if (dead == 0) _exit(0);
+	waitpid(dead, NULL, 0);
 	layer_store_container_dir(s, "ctr", p, sizeof p);
-	strcat(p, "/config.json.tmp.7.8");
+	snprintf(p + strlen(p), sizeof p - strlen(p), "/config.json.tmp.%d.8", (int)dead);
 	touch_old(p, 7200);
 	/* cow/ crashed while rewriting upper.map (vfs_write_file_atomic's temp), long ago and just now. */
 	char cdir[1024];
 	layer_store_container_dir(s, "ctr", cdir, sizeof cdir);
-	snprintf(p, sizeof p, "%s/upper.map.tmp.%d.9", cdir, (int)getpid());
+	snprintf(p, sizeof p, "%s/upper.map.tmp.%d.9", cdir, (int)dead);
 	touch_old(p, 7200);
-	snprintf(p, sizeof p, "%s/upper.map.tmp.%d.10", cdir, (int)getpid());
+	snprintf(p, sizeof p, "%s/upper.map.tmp.%d.10", cdir, (int)dead);
 	touch_old(p, 0);
+	/* an old one whose writer lives (a device rewriting its map right now): kept */
+	snprintf(p, sizeof p, "%s/upper.map.tmp.%d.11", cdir, (int)getpid());
+	touch_old(p, 7200);
 	/* Names that are not "<file>.tmp.<pid>.<n>", and the container's own files, all old: kept. */
 	static const char *const not_temps[] = { "upper.map.tmp.7", "upper.map.tmp.x.1", "upper.map.tmp.1.", ".tmp.1.2",
 						 "upper.maptmp.1.2", "config.json", "lock" };
@@ -141,10 +150,13 @@ int main(void)
 	TAP_IS(st.bytes_freed, freed, "gc freed their bytes (%llu)", (unsigned long long)freed);
 	TAP_IS(st.chain_records_removed, 1, "gc removed the chain record of a removed layer");
 	TAP_IS(st.temp_files_removed, 4, "gc removed the 4 old temp files");
-	snprintf(p, sizeof p, "%s/upper.map.tmp.%d.9", cdir, (int)getpid());
+	snprintf(p, sizeof p, "%s/upper.map.tmp.%d.9", cdir, (int)dead);
 	TAP_OK(access(p, F_OK) != 0, "old upper.map temp of a crashed cow rewrite removed");
-	snprintf(p, sizeof p, "%s/upper.map.tmp.%d.10", cdir, (int)getpid());
+	snprintf(p, sizeof p, "%s/upper.map.tmp.%d.10", cdir, (int)dead);
 	TAP_OK(access(p, F_OK) == 0, "fresh upper.map temp kept (a rewrite may be in progress)");
+	snprintf(p, sizeof p, "%s/upper.map.tmp.%d.11", cdir, (int)getpid());
+	TAP_OK(access(p, F_OK) == 0, "old upper.map temp of a live writer kept");
+	unlink(p);
 	for (size_t i = 0; i < sizeof not_temps / sizeof not_temps[0]; i++) {
 		snprintf(p, sizeof p, "%s/%s", cdir, not_temps[i]);
 		TAP_OK(access(p, F_OK) == 0, "old %s in the container directory kept", not_temps[i]);
