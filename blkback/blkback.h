@@ -15,6 +15,20 @@
  * (blkback/request.h), executed on the cow/ queue API from one thread per ring; a frontend that
  * corrupts its ring is disconnected.
  *
+ * Statistics: each device keeps counters for the life of its process (across reconnections of
+ * its frontend) and writes them under <backend>/statistics/ (changed ones at most once per
+ * BLKBACK_STATS_INTERVAL_MS while connected, all of them when the frontend closes), and logs them
+ * at info level ("...: disconnected; statistics: ...") whenever a connection ends:
+ *   rd_req, wr_req, f_req, ds_req   read / write / flush+barrier / discard requests accepted
+ *                                   (a flush that carries data counts as a write too);
+ *   indirect_req                    requests that came as BLKIF_OP_INDIRECT;
+ *   oo_req                          times requests waited on the ring because the pool was full;
+ *   err_req                         responses other than BLKIF_RSP_OKAY;
+ *   rd_sect, wr_sect, ds_sect       512-byte sectors read / written / discarded;
+ *   pgnt_mapped, pgnt_reused        (--grant-map with feature-persistent) grants mapped for good,
+ *                                   and segments served by an already mapped persistent grant;
+ *   gnt_map_segs, gnt_copy_segs     data segments moved by a per-request grant map / grant copy.
+ *
  * All hypervisor access goes through blkback/xenif.h: real Xen, or the simulated Xen when
  * $OCIBLK_XEN_SIM names a sim daemon's socket.  Returns 0 or -errno everywhere. */
 #ifndef OCIBLK_BLKBACK_H

@@ -115,6 +115,23 @@ static void scan(struct daemon *dm)
 
 static void scan(struct daemon *dm);
 
+/* Whether a watch event at path can start or end a device: anything at or above a device
+ * directory, or its state node.  The devices' own writes below their directories (statistics,
+ * features, the handshake) fire the same watch many times a second and change nothing here. */
+static bool event_may_change_devices(const struct daemon *dm, const char *path)
+{
+	char base[64];
+	int n = snprintf(base, sizeof(base), "/local/domain/%u/backend/", xenif_domid(dm->x));
+	if (strncmp(path, base, (size_t)n)) return true;
+	const char *rest = path + n; /* TYPE/DOMID/VDEV/KEY... */
+	for (int depth = 0; depth < 3; depth++) {
+		rest = strchr(rest, '/');
+		if (!rest) return true;
+		rest++;
+	}
+	return !strcmp(rest, "state");
+}
+
 static void reap(struct daemon *dm)
 {
 	int st;
@@ -180,9 +197,9 @@ int blkback_serve(const char *store_root, const struct blkback_options *opts)
 		char *p, *t;
 		bool any = false;
 		while ((r = xenif_xs_read_watch(dm->xs, &p, &t)) == 0) {
+			if (event_may_change_devices(dm, p)) any = true;
 			free(p);
 			free(t);
-			any = true;
 		}
 		if (r != -EAGAIN) {
 			log_error(r, "blkback: xenstore connection lost");

@@ -11,7 +11,13 @@
  *   - all per-ring memory (request pool, bounce buffers, indirect pages, persistent-grant table)
  *     is allocated at connect and bounded by common/limits.h; nothing grows with guest input;
  *   - a request slot of the pool belongs to at most one cow request at a time; a ring thread is
- *     the only user of its cow_queue, evtchn handle and grant handle. */
+ *     the only user of its cow_queue, evtchn handle and grant handle;
+ *   - statistics: each queue's counters are written by its ring thread only (relaxed atomic
+ *     stores) and read by the main thread, which folds them into the device's totals when the
+ *     queue is torn down, so the totals run on across reconnections for the life of the device
+ *     process.  The main thread publishes them under <backend>/statistics/ (at most every
+ *     BLKBACK_STATS_INTERVAL_MS while connected, and when the frontend closes) and logs them when
+ *     a connection ends. */
 #include "blkback/blkback.h"
 #include "blkback/request.h"
 #include "blkback/xenif.h"
@@ -31,6 +37,7 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <xen/io/blkif.h>
@@ -39,6 +46,18 @@
 #define PATH_LEN 256
 
 struct bb_queue;
+
+/* Per-device counters (see blkback.h for what each one counts). */
+#define BB_STATS(X)                                                                                   \
+	X(rd_req) X(wr_req) X(f_req) X(ds_req) X(indirect_req) X(oo_req) X(err_req) X(rd_sect) X(wr_sect) \
+	X(ds_sect) X(pgnt_mapped) X(pgnt_reused) X(gnt_map_segs) X(gnt_copy_segs)
+struct bb_stats {
+#define BB_STAT_FIELD(n) uint64_t n;
+	BB_STATS(BB_STAT_FIELD)
+#undef BB_STAT_FIELD
+};
+/* The ring thread owning q is the only writer of q->st. */
+#define STAT_ADD(q, field, n) __atomic_store_n(&(q)->st.field, (q)->st.field + (n), __ATOMIC_RELAXED)
 
 struct bb_slot {
 	struct bb_queue *q;
@@ -93,8 +112,7 @@ struct bb_queue {
 	/* persistent grants (map mode) */
 	struct pgrant *pg;
 	unsigned pg_cap, pg_count;
-	/* stats */
-	uint64_t st_req, st_err;
+	struct bb_stats st;
 };
 
 struct bb_dev {
@@ -109,11 +127,15 @@ struct bb_dev {
 	struct blkback_limits lim;
 	int state;              /* our XenbusState */
 	bool connected;
+	bool fe_gone;           /* the frontend's directory has vanished (logged once) */
 	enum blkback_abi abi;
 	bool persistent;
 	unsigned nqueues;
 	struct bb_queue queues[BLKBACK_QUEUES_MAX];
 	int attn_fd;            /* ring threads -> main thread */
+	struct bb_stats st_total;     /* of queues torn down */
+	struct bb_stats st_published; /* last values written to xenstore */
+	uint64_t st_published_ms;
 };
 
 /* ------------------------------------------------------------------ xenstore helpers ------- */
@@ -173,7 +195,7 @@ static void make_response(struct bb_queue *q, uint64_t id, uint8_t op, int16_t s
 	blkback_response_encode(q->dev->abi, slot, id, op, status);
 	q->rsp_prod_pvt++;
 	q->notify_pending = true;
-	if (status != BLKIF_RSP_OKAY) q->st_err++;
+	if (status != BLKIF_RSP_OKAY) STAT_ADD(q, err_req, 1);
 }
 
 static void push_responses(struct bb_queue *q)
@@ -230,6 +252,7 @@ static int copy_segments(struct bb_slot *s, bool to_guest)
 		}
 		if (xenif_gnt_copy(q->gnt, q->dev->fe_domid, cs, n)) return -EIO;
 	}
+	STAT_ADD(q, gnt_copy_segs, nseg);
 	return 0;
 }
 
@@ -271,9 +294,15 @@ static int map_segments(struct bb_slot *s, bool writable)
 			void *a;
 			if (q->pg_count < q->pg_cap && xenif_gnt_map(q->gnt, q->dev->fe_domid, &g->gref, 1, true, &a) == 0) {
 				p = pg_lookup(q, g->gref, true);
-				if (p) p->addr = a;
-				else xenif_gnt_unmap(q->gnt, a, 1);
+				if (p) {
+					p->addr = a;
+					STAT_ADD(q, pgnt_mapped, 1);
+				} else {
+					xenif_gnt_unmap(q->gnt, a, 1);
+				}
 			}
+		} else if (p) {
+			STAT_ADD(q, pgnt_reused, 1);
 		}
 		if (p) {
 			s->iov[i].iov_base = (uint8_t *)p->addr + g->first_sect * 512u;
@@ -288,6 +317,7 @@ static int map_segments(struct bb_slot *s, bool writable)
 		if (r) return r;
 		s->tmp_map = a;
 		s->tmp_map_count = ntmp;
+		STAT_ADD(q, gnt_map_segs, ntmp);
 		for (unsigned k = 0; k < ntmp; k++) {
 			const struct blkback_seg *g = &s->req.seg[tmp_idx[k]];
 			s->iov[tmp_idx[k]].iov_base = (uint8_t *)a + (size_t)k * 4096 + g->first_sect * 512u;
@@ -362,6 +392,36 @@ static void submit(struct bb_slot *s)
 	}
 }
 
+/* Counts a validated request (by what it does, as Linux blkback's statistics do). */
+static void count_request(struct bb_queue *q, const struct bb_slot *s)
+{
+	if (s->req.operation == BLKIF_OP_INDIRECT) STAT_ADD(q, indirect_req, 1);
+	switch (s->data_op) {
+	case BLKIF_OP_READ:
+		STAT_ADD(q, rd_req, 1);
+		STAT_ADD(q, rd_sect, s->sectors);
+		break;
+	case BLKIF_OP_WRITE:
+		STAT_ADD(q, wr_req, 1);
+		STAT_ADD(q, wr_sect, s->sectors);
+		break;
+	case BLKIF_OP_DISCARD:
+		STAT_ADD(q, ds_req, 1);
+		STAT_ADD(q, ds_sect, s->sectors);
+		break;
+	case BLKIF_OP_FLUSH_DISKCACHE:
+	case BLKIF_OP_WRITE_BARRIER:
+		STAT_ADD(q, f_req, 1);
+		if (s->sectors) { /* a flush carrying data writes it first */
+			STAT_ADD(q, wr_req, 1);
+			STAT_ADD(q, wr_sect, s->sectors);
+		}
+		break;
+	default:
+		break;
+	}
+}
+
 /* Decodes, validates and starts one request that was copied into slot_copy. */
 static void handle_request(struct bb_queue *q, const uint8_t *slot_copy)
 {
@@ -371,7 +431,6 @@ static void handle_request(struct bb_queue *q, const uint8_t *slot_copy)
 	s->tmp_map = NULL;
 	s->barrier = false;
 	s->flush_after = false;
-	q->st_req++;
 	blkback_request_decode(q->dev->abi, slot_copy, &s->req);
 	unsigned np = blkback_request_indirect_pages(&s->req, q->dev->lim.max_indirect_segs);
 	if (np) {
@@ -392,6 +451,7 @@ static void handle_request(struct bb_queue *q, const uint8_t *slot_copy)
 	}
 	s->data_op = blkback_request_data_op(&s->req);
 	uint16_t nseg = blkback_request_segments(&s->req);
+	count_request(q, s);
 	if (s->data_op == BLKIF_OP_FLUSH_DISKCACHE || s->data_op == BLKIF_OP_WRITE_BARRIER) {
 		s->flush_after = nseg > 0;
 		if (nseg > 0) s->data_op = BLKIF_OP_WRITE;
@@ -427,7 +487,10 @@ static int process_ring(struct bb_queue *q)
 			q->req_cons++;
 			handle_request(q, copy);
 		}
-		if (q->req_cons != rp) return 0; /* pool full or ordered: completions bring us back */
+		if (q->req_cons != rp) { /* pool full or ordered: completions bring us back */
+			if (!q->free_list) STAT_ADD(q, oo_req, 1);
+			return 0;
+		}
 		__atomic_store_n(ring_field(q, SR_REQ_EVENT), q->req_cons + 1, __ATOMIC_RELAXED);
 		__atomic_thread_fence(__ATOMIC_SEQ_CST);
 		if (__atomic_load_n(ring_field(q, SR_REQ_PROD), __ATOMIC_ACQUIRE) == q->req_cons) return 0;
@@ -510,11 +573,68 @@ static void queue_teardown(struct bb_queue *q)
 	q->local_port = 0;
 }
 
+/* The device's counters: totals of past connections plus the live queues'. */
+static void stats_sum(struct bb_dev *d, struct bb_stats *out)
+{
+	*out = d->st_total;
+	for (unsigned i = 0; i < d->nqueues; i++) {
+#define BB_STAT_SUM(n) out->n += __atomic_load_n(&d->queues[i].st.n, __ATOMIC_RELAXED);
+		BB_STATS(BB_STAT_SUM)
+#undef BB_STAT_SUM
+	}
+}
+
+static uint64_t now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* Writes the counters that changed since the last time under <backend>/statistics/.  Only while
+ * the backend directory is ours to write (never after the toolstack or a vanished frontend
+ * removed it: that would recreate it). */
+static void stats_publish(struct bb_dev *d)
+{
+	struct bb_stats cur;
+	stats_sum(d, &cur);
+	bool first = d->st_published_ms == 0;
+#define BB_STAT_PUT(n) \
+	if (first || cur.n != d->st_published.n) be_write(d, "statistics/" #n, "%" PRIu64, cur.n);
+	BB_STATS(BB_STAT_PUT)
+#undef BB_STAT_PUT
+	d->st_published = cur;
+	d->st_published_ms = now_ms();
+}
+
+static void stats_log(struct bb_dev *d, const char *why)
+{
+	struct bb_stats c;
+	stats_sum(d, &c);
+	char line[640];
+	size_t off = 0;
+#define BB_STAT_FMT(n) \
+	if (off < sizeof(line)) off += (size_t)snprintf(line + off, sizeof(line) - off, " " #n "=%" PRIu64, c.n);
+	BB_STATS(BB_STAT_FMT)
+#undef BB_STAT_FMT
+	log_info("blkback %s: %s; statistics:%s", d->be, why, line);
+}
+
+/* Tears down every ring; the queues' counters are folded into the device's totals. */
 static void disconnect(struct bb_dev *d)
 {
-	for (unsigned i = 0; i < d->nqueues; i++) queue_teardown(&d->queues[i]);
+	bool was = d->connected;
+	for (unsigned i = 0; i < d->nqueues; i++) {
+		struct bb_queue *q = &d->queues[i];
+		queue_teardown(q);
+#define BB_STAT_FOLD(n) d->st_total.n += q->st.n;
+		BB_STATS(BB_STAT_FOLD)
+#undef BB_STAT_FOLD
+		memset(&q->st, 0, sizeof(q->st));
+	}
 	d->nqueues = 0;
 	d->connected = false;
+	if (was) stats_log(d, "disconnected");
 }
 
 /* Reads one ring's references and event channel from dir, maps and binds. */
@@ -693,6 +813,7 @@ static enum step step(struct bb_dev *d)
 		/* The toolstack asks us to close (xl detach / destroy). */
 		d->state = XenbusStateClosing;
 		disconnect(d);
+		stats_publish(d);
 	}
 	free(v);
 	bool online = !(xs_read_u(d, d->be, "online", 1, &u) == 0 && u == 0);
@@ -705,8 +826,17 @@ static enum step step(struct bb_dev *d)
 	}
 	r = xs_read_u(d, d->fe, "state", 255, &u);
 	if (r == -ENOENT || r == -EACCES) {
-		log_info("blkback %s: frontend %s is gone", d->be, d->fe);
+		if (!d->fe_gone) log_info("blkback %s: frontend %s is gone", d->be, d->fe);
+		d->fe_gone = true;
 		disconnect(d);
+		if (!online) {
+			/* A toolstack is removing the device (libxl: online=0, state=5): it waits for
+			 * Closed and then removes the directory itself; we leave when it does. */
+			stats_publish(d);
+			switch_state(d, XenbusStateClosed);
+			return STEP_CONTINUE;
+		}
+		/* Nobody else will (xl destroy of a guest attached with xen-attach): tidy up. */
 		xenif_xs_rm_tidy(d->xs, d->be);
 		return STEP_EXIT;
 	}
@@ -737,11 +867,13 @@ static enum step step(struct bb_dev *d)
 		break;
 	case XenbusStateClosing:
 		disconnect(d);
+		stats_publish(d);
 		switch_state(d, XenbusStateClosing);
 		break;
 	case XenbusStateClosed:
 	case XenbusStateUnknown:
 		disconnect(d);
+		stats_publish(d);
 		switch_state(d, XenbusStateClosed);
 		break;
 	default:
@@ -837,6 +969,7 @@ int blkback_device_serve(const char *store_root, const char *backend_path, const
 		goto out;
 	}
 	publish_features(d);
+	stats_publish(d);
 	d->state = -1;
 	switch_state(d, XenbusStateInitWait);
 	char w[PATH_LEN + 16];
@@ -860,6 +993,15 @@ int blkback_device_serve(const char *store_root, const char *backend_path, const
 		}
 		uint64_t cnt;
 		if (read(d->attn_fd, &cnt, sizeof(cnt)) == sizeof(cnt)) any = true;
+		int wait_ms = -1;
+		if (d->connected) {
+			uint64_t since = now_ms() - d->st_published_ms;
+			if (since >= BLKBACK_STATS_INTERVAL_MS) {
+				stats_publish(d);
+				since = 0;
+			}
+			wait_ms = (int)(BLKBACK_STATS_INTERVAL_MS - since);
+		}
 		if (any) {
 			if (step(d) == STEP_EXIT) {
 				r = 0;
@@ -868,7 +1010,7 @@ int blkback_device_serve(const char *store_root, const char *backend_path, const
 			continue; /* step's own calls may have queued events in memory: drain before polling */
 		}
 		struct pollfd pfd[2] = { { xenif_xs_fd(d->xs), POLLIN, 0 }, { d->attn_fd, POLLIN, 0 } };
-		if (poll(pfd, 2, -1) < 0 && errno != EINTR) {
+		if (poll(pfd, 2, wait_ms) < 0 && errno != EINTR) {
 			r = -errno;
 			break;
 		}

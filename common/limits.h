@@ -150,5 +150,8 @@
 #define BLKBACK_DEVICES_MAX 256u
 /* Restarts of a crashed device process before the daemon gives up on that device. */
 #define BLKBACK_DEVICE_RESTARTS_MAX 5u
+/* A connected device rewrites its changed counters under <backend>/statistics/ at most this
+ * often: a few xenstore writes per second per device, fresh enough for a person or a monitor. */
+#define BLKBACK_STATS_INTERVAL_MS 1000u
 
 #endif

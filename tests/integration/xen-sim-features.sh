@@ -5,7 +5,8 @@
 # blkfront's handshake and check random I/O (read, write, flush, flush+data, barrier, discard,
 # indirect) against an in-memory model.  Covers ABIs, multi-page rings, multi-queue, persistent
 # grants, read-only images and --ro containers, reconnection, persistence across device
-# processes, a killed device process being restarted and resuming, a vanished frontend, detach.
+# processes, a killed device process being restarted and resuming, a vanished frontend, detach,
+# the device's statistics in xenstore and in the log.
 . "$(dirname "$0")/lib.bash"
 FE=$BUILD/tests/tools/blkfront-sim
 export OCIBLK_XEN_SIM=$T/sim.sock
@@ -38,7 +39,7 @@ run_check() {
 
 "$FE" pattern "$T/base.img" 8388608 || { echo "1..1"; echo "not ok 1 - pattern"; exit 1; }
 "$OCIBLK" layer add-raw "$T/base.img" --name base >/dev/null 2>"$T/err" || { echo "1..1"; echo "not ok 1 - add-raw"; diag "$T/err"; exit 1; }
-for c in c1 c2 c3 c4 c5 c7 c8 c9 c10 c11 c13 c14; do "$OCIBLK" create base $c >/dev/null; done
+for c in c1 c2 c3 c4 c5 c7 c8 c9 c10 c11 c13 c14 c15; do "$OCIBLK" create base $c >/dev/null; done
 
 "$OCIBLK" xen-sim "$T/sim.sock" 2>"$T/sim.log" & PIDS="$PIDS $!"
 # the socket file exists before it listens: wait until a client gets an answer
@@ -49,7 +50,7 @@ if ! wait_grep "serving backend type ociblk" "$T/be.log" || ! wait_grep "serving
 	echo "Bail out! backend daemons did not start"; diag "$T/be.log" "$T/bemap.log"; exit 1
 fi
 
-echo "1..49"
+echo "1..52"
 run_check "native abi, 1 queue, 1-page ring, no persistent/indirect" 1 c1 ociblk -- --ops 1500 --qd 8
 run_check "x86_32-abi, 4 queues, 4-page rings, persistent, indirect, QD32, 2 reconnects" 2 c2 ociblk -- \
 	--abi x86_32 --queues 4 --order 2 --persistent --indirect --qd 32 --ops 2000 --reconnect 2
@@ -118,6 +119,20 @@ else notok "new daemon re-served the device"; diag "$T/be2.log"; fi
 touch "$T/go14"
 if wait "$FEP" && grep -q "^result: ok" "$T/fe.14"; then ok "daemon restart: the frontend's I/O all checked out"; else notok "daemon restart: frontend I/O"; diag "$T/fe.14"; fi
 wait_gone $BE0/ociblk/14/51712/state && ok "daemon restart: cleaned up" || notok "daemon restart: cleaned up"
+
+# statistics: a connected device publishes its counters under statistics/ while the guest runs
+"$OCIBLK" xen-attach --type ocimap 15 xvda c15 >/dev/null
+timeout 120 "$FE" --domid 15 --vdev 51712 --persistent --indirect --qd 8 --ops 200 --until "$T/stop15" check >"$T/fe.15" 2>&1 & FEP=$!
+S=$BE0/ocimap/15/51712/statistics
+stat_pos() { for _ in $(seq 200); do [ "$("$FE" xs-read "$S/$1" 2>/dev/null || echo 0)" -gt "${2:-0}" ] && return 0; sleep 0.05; done; return 1; }
+if stat_pos rd_req && stat_pos wr_req && stat_pos f_req && stat_pos ds_req && stat_pos indirect_req && stat_pos pgnt_mapped \
+	&& stat_pos pgnt_reused && [ "$("$FE" xs-read $S/err_req)" = 0 ]; then ok "statistics: live counters for reads, writes, flushes, discards, indirect, persistent grants; no errors"
+else notok "statistics: live counters"; for k in rd_req wr_req f_req ds_req indirect_req pgnt_mapped pgnt_reused err_req; do echo "# $k=$("$FE" xs-read $S/$k 2>&1)"; done; fi
+w1=$("$FE" xs-read $S/wr_sect 2>/dev/null || echo 0)
+stat_pos wr_sect "$w1" && ok "statistics: republished while the guest keeps writing" || notok "statistics: republished while the guest keeps writing"
+touch "$T/stop15"; wait $FEP
+wait_grep "ocimap/15/51712: disconnected; statistics: rd_req=[1-9]" "$T/bemap.log" && ok "statistics: logged when the connection ends" \
+	|| notok "statistics: logged when the connection ends"
 
 # toolstack usage
 "$OCIBLK" xen-attach 0 xvda c1 >/dev/null 2>&1; [ $? = 2 ] && ok "attach to domain 0: usage error" || notok "attach to domain 0: usage error"
