@@ -11,7 +11,8 @@
  *    its state change, so a flush captures both or neither.
  *  - Flush, common case: one record with the completed changes and the content of every block
  *    written since the previous flush, one sync of upper.map, no sync of upper.data.  Otherwise
- *    (too many blocks, a checkpoint in flight, journal full) a checkpoint: capture the changes,
+ *    (too many blocks, a checkpoint in flight, journal full, or only overwrites while every
+ *    payload is covered: then the checkpoint needs no record) a checkpoint: capture the changes,
  *    sync upper.data, append a record with them flagged COW_RECORD_CHECKPOINT with covers_seq =
  *    the seq at capture, sync upper.map.  No payload record is appended while a checkpoint is in
  *    flight, so one whose seq is >= a checkpoint's covers_seq only carries blocks written after
@@ -636,7 +637,11 @@ int cow_flush_journal_payload(struct cow_device *dev, bool *done)
 	pthread_mutex_lock(&dev->mu);
 	uint64_t n = dev->change_count;
 	uint32_t pc = dev->dirty_count;
-	if (dev->dirty_overflow || dev->checkpoints_in_flight ||
+	/* Only overwrites of blocks whose content no uncovered payload holds: a sync of upper.data
+	 * alone makes them durable (no record, no allocation), cheaper than journaling them. */
+	bool uncovered = dev->journal_last_payload_seq && dev->journal_last_payload_seq >= dev->journal_covered_seq;
+	bool overwrites_only = n == 0 && pc > 0 && !uncovered;
+	if (dev->dirty_overflow || dev->checkpoints_in_flight || overwrites_only ||
 	    dev->journal_end - dev->journal_offset + cow_journal_record_bytes(n, pc) > journal_room(dev)) {
 		pthread_mutex_unlock(&dev->mu);
 		pthread_mutex_unlock(&dev->journal_mu);
