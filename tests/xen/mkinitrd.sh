@@ -3,6 +3,10 @@
 # usage: mkinitrd.sh WORK OUT_DOM0_CPIO OUT_GUEST_CPIO DOM0_SCRIPT GUEST_SCRIPT [EXTRA_DIR]
 # DOM0_SCRIPT runs in dom0 after Xen's daemons are up; GUEST_SCRIPT is the guest's /test.sh.
 # EXTRA_DIR's contents are copied into dom0's / (test payloads).
+# Guests get busybox, xen-blkfront + ext4, and the xenstore client (their control channel with
+# dom0: /local/domain/<id>/data/).  dom0 also holds /guest/initrd-fio.cpio: the guest initramfs
+# with Debian's fio, its shared libraries and fio-jobs/*.fio appended as a zstd-compressed cpio
+# (Linux unpacks concatenated archives), for the guest that runs fio.
 set -euo pipefail
 work=$1 out=$2 gout=$3 dscript=$4 gscript=$5 extra=${6:-}
 top=$(cd "$(dirname "$0")/../.." && pwd)
@@ -10,7 +14,7 @@ kver=$(ls "$work/kroot/lib/modules")
 mods="$work/kroot/lib/modules/$kver"
 
 add_bin() { # add_bin ROOT FILE...: copies executables and their shared libraries
-  local root=$1; shift
+  local root=$1 f lib; shift
   for f in "$@"; do
     mkdir -p "$root$(dirname "$f")"
     cp -L "$f" "$root$f"
@@ -47,6 +51,8 @@ depmod -b "$work/kroot" "$kver" 2>/dev/null || true
 # ---- guest ----
 g=$tmp/guest; base_root "$g"
 add_mods "$g" xen-blkfront ext4
+add_bin "$g" /usr/bin/xenstore
+for t in read write exists; do ln -sf xenstore "$g/usr/bin/xenstore-$t"; done
 cp "$gscript" "$g/test.sh"; chmod +x "$g/test.sh"
 cat > "$g/init" <<'INIT'
 #!/bin/sh
@@ -64,6 +70,12 @@ poweroff -f
 INIT
 chmod +x "$g/init"
 (cd "$g" && find . | cpio -o -H newc --quiet) > "$gout"
+# The fio guest's extra files: only what the base guest does not already have.
+fr=$tmp/fio; mkdir -p "$fr/fio-jobs"
+add_bin "$fr" "$(command -v fio)"
+cp "$top"/fio-jobs/*.fio "$fr/fio-jobs/"
+(cd "$fr" && find . | while read -r p; do [ -d "$p" ] || [ ! -e "$g/$p" ] && echo "$p"; done | cpio -o -H newc --quiet) \
+  | zstd -q -3 > "$tmp/fio.cpio.zst"
 
 # ---- dom0 ----
 d=$tmp/dom0; base_root "$d"
@@ -81,6 +93,9 @@ mkdir -p "$d/etc/xen" "$d/var/lib/xen" "$d/var/log/xen/console" "$d/var/lib/xens
 printf 'autoballoon="off"\nrun_hotplug_scripts=1\n' > "$d/etc/xen/xl.conf"
 cp "$work/vmlinux" "$d/guest/vmlinux"
 cp "$gout" "$d/guest/initrd.cpio"
+cat "$gout" "$tmp/fio.cpio.zst" > "$d/guest/initrd-fio.cpio"
+mkdir -p "$d/etc/xen/scripts"
+install -m 755 "$top/contrib/xen/block-ociblk" "$d/etc/xen/scripts/block-ociblk"
 cp "$dscript" "$d/test.sh"; chmod +x "$d/test.sh"
 [ -n "$extra" ] && cp -a "$extra"/. "$d/"
 cat > "$d/init" <<'INIT'
