@@ -14,7 +14,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <unistd.h>
 
 #include <xxhash.h>
@@ -46,6 +45,9 @@ static void fix_checksums(uint8_t *f, size_t size)
 	put64(f + 4088, XXH3_64bits(f, 4088));
 }
 
+static char tmp_path[4096];
+static void remove_tmp(void) { unlink(tmp_path); }
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	static int fd = -1;
@@ -55,8 +57,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 	if (fd < 0) {
 		log_set_quiet(1);
-		fd = memfd_create("fuzz-layer", 0);
+		/* A linked file, not a memfd: opening a layer pins it and refuses one with no links
+		 * left (gc removed it), which a memfd always looks like. */
+		const char *dir = getenv("TMPDIR");
+		snprintf(tmp_path, sizeof tmp_path, "%s/fuzz-layer.XXXXXX", dir && *dir ? dir : "/tmp");
+		fd = mkstemp(tmp_path);
 		if (fd < 0) abort();
+		atexit(remove_tmp);
 	}
 	if (size < 1) return 0;
 	uint8_t mode = data[0];
