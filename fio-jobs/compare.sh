@@ -55,11 +55,29 @@ want() { [ "$TARGETS" = all ] || [[ " $TARGETS " == *" $1 "* ]]; }
 drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
 wait_sock() { for _ in $(seq 1 200); do [ -S "$1" ] && return 0; sleep 0.05; done; echo "socket $1 never appeared" >&2; return 1; }
 
+# settle ENGINE TARGET OUTFILE: one flush of the target, its seconds into OUTFILE.  Run before
+# each write+flush job, so that job measures pairs, not the write-back of what the jobs before it
+# left unflushed (40+ MiB after the first-write jobs); that one flush is reported on its own row.
+settle() {
+	local engine=$1 target=$2 out=$3
+	if [ "$engine" = nbd ]; then
+		nbdsh -u "${target#uri=}" -c '
+import time
+t = time.perf_counter(); h.flush(); print(time.perf_counter() - t)' >"$out"
+	else
+		python3 -c '
+import os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR)
+t = time.perf_counter(); os.fsync(fd); print(time.perf_counter() - t)' "${target#filename=}" >"$out"
+	fi
+}
+
 # run_jobs NAME ENGINE TARGET DIRECT JOBS...: fio JSON per job into $R/NAME.JOB.json
 run_jobs() {
 	local name=$1 engine=$2 target=$3 direct=$4; shift 4
 	local j
 	for j in "$@"; do
+		case $j in *flush) settle "$engine" "$target" "$R/$name.$j.settle" || log "$name: settle before $j failed";; esac
 		FIO_ENGINE=$engine FIO_TARGET=$target FIO_DIRECT=$direct FIO_IODEPTH=$IODEPTH FIO_IOS=$IOS \
 		FIO_QD_IOS=$QD_IOS FIO_FLUSH_IOS=$FLUSH_IOS FIO_RUNTIME=$RUNTIME \
 			fio "$HERE/$j.fio" --output-format=json --output="$R/$name.$j.json" >/dev/null 2>"$R/$name.$j.err" ||
@@ -220,6 +238,10 @@ def mibs(name, jobfile, rw):
     j = job(name, jobfile)
     return j[rw]["bw_bytes"] / 1048576.0 if j else None
 
+def settle_ms(name, jobfile):
+    try: return float(open(os.path.join(R, "%s.%s.settle" % (name, jobfile))).read()) * 1000.0
+    except (OSError, ValueError): return None
+
 def op_lat_us(name, jobfile):
     # QD1 write + fsync: mean time per write+flush pair = write clat mean + fsync latency mean
     j = job(name, jobfile)
@@ -236,6 +258,8 @@ rows = [
     ("first write 4 KiB + flush QD1 (µs per pair)", lambda t: op_lat_us(t, "first-write-flush"), "lower"),
     ("rewrite owned 4 KiB QD%d (IOPS)" % qd, lambda t: iops(t, "rewrite"), "higher"),
     ("write + flush owned 4 KiB QD1 (µs per pair)", lambda t: op_lat_us(t, "write-flush"), "lower"),
+    ("one flush after the first-write QD jobs (ms)", lambda t: settle_ms(t, "first-write-flush"), "lower"),
+    ("one flush after the rewrite job (ms)", lambda t: settle_ms(t, "write-flush"), "lower"),
     ("random read base 4 KiB QD1 (IOPS)", lambda t: iops(t, "randread-base", "read", "randread-base-qd1"), "higher"),
     ("random read base 4 KiB QD%d (IOPS)" % qd, lambda t: iops(t, "randread-base", "read", "randread-base-qd"), "higher"),
     ("sequential read 1 MiB QD4 (MiB/s)", lambda t: mibs(t, "seqread-1m", "read"), "higher"),
@@ -252,7 +276,8 @@ out = []
 out.append("## ociblk vs peers (fio-jobs/compare.sh)\n")
 out.append("Run %s UTC on: %s.  \nDevice %s MiB of random data; QD jobs at depth %d; time-based jobs %s s; "
            "first writes: %d (QD1), %d (QD%d), %d (+flush).  All NBD targets over a unix socket with fio's nbd "
-           "engine; page cache dropped before each target.  Cell: value (ratio to ociblk; >1 means the peer "
+           "engine; page cache dropped before each target; each +flush job starts after one flush of what the "
+           "jobs before it left unflushed (timed on its own row).  Cell: value (ratio to ociblk; >1 means the peer "
            "is better for this row).\n" % (datetime.datetime.utcnow().strftime("%Y-%m-%d %H:%M"), machine, size_mb, qd,
                                            runtime, ios, qd_ios, qd, flush_ios))
 out.append("| metric | " + " | ".join(targets) + " |")
