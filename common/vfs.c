@@ -37,6 +37,8 @@ static int px_punch(int fd, uint64_t off, uint64_t len)
 }
 static int px_rename(const char *a, const char *b) { return rename(a, b) < 0 ? -errno : 0; }
 static int px_unlink(const char *p) { return unlink(p) < 0 ? -errno : 0; }
+static int px_mkdir(const char *p, mode_t m) { return mkdir(p, m) < 0 ? -errno : 0; }
+static int px_rmdir(const char *p) { return rmdir(p) < 0 ? -errno : 0; }
 static int px_fsync_dir(const char *d)
 {
 	int fd = open(d, O_RDONLY | O_DIRECTORY | O_CLOEXEC), r = 0;
@@ -60,7 +62,7 @@ static const struct vfs_ops posix_ops = {
 	.open = px_open, .close = px_close, .pread = px_pread, .pwrite = px_pwrite,
 	.fsync = px_fsync, .ftruncate = px_ftruncate, .punch_hole = px_punch,
 	.rename = px_rename, .unlink = px_unlink, .fsync_dir = px_fsync_dir, .size = px_size,
-	.fdatasync = px_fdatasync,
+	.fdatasync = px_fdatasync, .mkdir = px_mkdir, .rmdir = px_rmdir,
 };
 
 static const struct vfs_ops *_Atomic current = &posix_ops;
@@ -82,6 +84,8 @@ int vfs_punch_hole(int fd, uint64_t o, uint64_t l) { return vfs_get()->punch_hol
 int vfs_rename(const char *a, const char *b) { return vfs_get()->rename(a, b); }
 int vfs_unlink(const char *p) { return vfs_get()->unlink(p); }
 int vfs_fsync_dir(const char *d) { return vfs_get()->fsync_dir(d); }
+int vfs_mkdir(const char *p, mode_t m) { return vfs_get()->mkdir(p, m); }
+int vfs_rmdir(const char *p) { return vfs_get()->rmdir(p); }
 int vfs_size(int fd, uint64_t *out)
 {
 	int err = 0;
@@ -127,6 +131,17 @@ static void dir_of(const char *path, char *out, size_t outlen)
 	} else {
 		snprintf(out, outlen, "%.*s", (int)(slash - path), path);
 	}
+}
+
+int vfs_fsync_parent(const char *path)
+{
+	char name[PATH_MAX], dir[PATH_MAX];
+	size_t n = strlen(path);
+	if (n >= sizeof name) return -ENAMETOOLONG;
+	memcpy(name, path, n + 1);
+	while (n > 1 && name[n - 1] == '/') name[--n] = 0; /* "a/b/" names b, held by a */
+	dir_of(name, dir, sizeof dir);
+	return vfs_fsync_dir(dir);
 }
 
 int vfs_write_file_atomic(const char *path, const void *data, size_t len)

@@ -29,6 +29,10 @@ struct vfs_ops {
 	/* Data plus the metadata needed to read it back (size, allocation), not timestamps.
 	 * Optional: NULL means fsync (a test vfs models both alike). */
 	int (*fdatasync)(int fd);
+	/* Directories: like create / unlink, the new or removed entry is durable only after
+	 * fsync_dir of the parent.  mkdir fails with -EEXIST when path exists (then nothing changed). */
+	int (*mkdir)(const char *path, mode_t mode);
+	int (*rmdir)(const char *path);                           /* must be empty */
 };
 
 /* The ops in force.  Default: POSIX. */
@@ -50,6 +54,11 @@ int vfs_punch_hole(int fd, uint64_t offset_bytes, uint64_t length_bytes);
 int vfs_rename(const char *from, const char *to);
 int vfs_unlink(const char *path);
 int vfs_fsync_dir(const char *dir_path);
+int vfs_mkdir(const char *path, mode_t mode);
+int vfs_rmdir(const char *path);
+/* fsync_dir of the directory holding path (its last component's entry): after vfs_mkdir,
+ * vfs_rmdir, a create, unlink or rename, what makes that name change durable. */
+int vfs_fsync_parent(const char *path);
 int vfs_size(int fd, uint64_t *size_bytes);
 
 /* Loop until all len bytes are transferred.  A read past EOF returns -ENODATA (a short file is

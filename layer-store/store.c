@@ -141,7 +141,7 @@ int ls_remove_tree(const char *path)
 		}
 		closedir(d);
 		if (r) return r;
-		return rmdir(path) < 0 ? -errno : 0;
+		return vfs_rmdir(path);
 	}
 	return vfs_unlink(path);
 }
@@ -172,6 +172,8 @@ int ls_claim(const char *path, int *fd_out)
 	return 1;
 }
 
+/* Makes path and its missing parents; each directory it makes has its entry synced in its parent
+ * (a new directory's name is durable only after fsync of the directory holding it). */
 static int mkdir_p(const char *path)
 {
 	char buf[OCIBLK_PATH_MAX];
@@ -182,7 +184,9 @@ static int mkdir_p(const char *path)
 		if (buf[i] != '/' && buf[i] != 0) continue;
 		char c = buf[i];
 		buf[i] = 0;
-		if (mkdir(buf, 0755) < 0 && errno != EEXIST) return -errno;
+		int r = vfs_mkdir(buf, 0755);
+		if (!r) r = vfs_fsync_parent(buf);
+		if (r && r != -EEXIST) return r;
 		buf[i] = c;
 	}
 	return 0;
@@ -220,12 +224,18 @@ int layer_store_open(const char *root, unsigned flags, struct layer_store **out)
 		}
 		for (size_t i = 0; i < ARRAY_SIZE(store_dirs); i++) {
 			ls_path(s, p, sizeof p, "%s", store_dirs[i]);
-			if (mkdir(p, 0755) < 0 && errno != EEXIST) {
-				r = log_error(-errno, "create store %s: %s", p, strerror(errno));
+			r = vfs_mkdir(p, 0755);
+			if (r && r != -EEXIST) {
+				r = log_error(r, "create store %s: %s", p, strerror(-r));
 				goto fail;
 			}
 		}
-		vfs_fsync_dir(s->root);
+		/* the subdirectories' entries: until this returns they may vanish at a crash */
+		r = vfs_fsync_dir(s->root);
+		if (r) {
+			r = log_error(r, "create store %s: sync: %s", s->root, strerror(-r));
+			goto fail;
+		}
 	}
 	for (size_t i = 0; i < ARRAY_SIZE(store_dirs); i++) {
 		struct stat st;
@@ -712,8 +722,8 @@ int layer_store_container_create(struct layer_store *s, const char *image, const
 	/* Build the directory in tmp/, then publish it with one rename. */
 	r = layer_store_tmp_path(s, "container", tmp, sizeof tmp);
 	if (r) goto out;
-	if (mkdir(tmp, 0755) < 0) {
-		r = log_error(-errno, "create container %s: %s", name, strerror(errno));
+	if ((r = vfs_mkdir(tmp, 0755))) {
+		r = log_error(r, "create container %s: %s", name, strerror(-r));
 		tmp[0] = 0;
 		goto out;
 	}

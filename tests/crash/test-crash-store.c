@@ -5,6 +5,10 @@
  * or after the step that was cut (never partial, never lost once its call returned), every layer a
  * record names must be there, every container must open as a cow device, and gc must then clean
  * the temp files and leave fsck clean.
+ * Store creation (layer_store_open with LAYER_STORE_CREATE on a root whose parent does not exist
+ * either) is cut at each of its crash points too: once it has returned 0 the store must open
+ * without LAYER_STORE_CREATE after the crash; whatever the cut, creating it again must work and
+ * give a usable store.
  *
  * OCIBLK_SEED replays a run; OCIBLK_CRASH_POINTS sets the number of crash runs (default 1200). */
 #include "common/log.h"
@@ -326,7 +330,7 @@ static int run_step(struct layer_store *s, int k, struct state *m)
 
 /* ---------------------------------------------------------------- one crash run ------------- */
 
-static char root[512], stash[512];
+static char root[512], stash[512], init_root[512];
 static struct state states[N_STEPS + 1];
 
 /* Fresh empty store at root (POSIX vfs). */
@@ -469,6 +473,102 @@ fail:
 	return -1;
 }
 
+/* ---------------------------------------------------------------- store creation ------------ */
+
+/* Creates the store at init_root (its parent made too) cut at op `point`, crashes, checks.  0 when
+ * all is well, else fills why.  *returned: whether the creation returned 0 before the cut. */
+static int init_run(uint64_t point, uint64_t crash_seed, int *returned, char *why, size_t why_len)
+{
+	struct layer_store *s = NULL;
+	struct layer_store_fsck_report fr;
+	char parent[600], d[SHA256_DIGEST_STRLEN];
+	int r;
+	snprintf(parent, sizeof parent, "%s/init", crashvfs_workdir());
+	r = crashvfs_remove_tree(parent);
+	if (r) {
+		snprintf(why, why_len, "removing %s: %d", parent, r);
+		return -1;
+	}
+	crashvfs_settle();
+	crashvfs_arm(point);
+	log_set_quiet(1);
+	r = layer_store_open(init_root, LAYER_STORE_CREATE, &s);
+	log_set_quiet(0);
+	*returned = r == 0;
+	layer_store_close(s);
+	s = NULL;
+	if (r && !crashvfs_power_is_cut()) {
+		snprintf(why, why_len, "store creation failed with %d without a power cut", r);
+		return -1;
+	}
+	r = crashvfs_crash(crash_seed, NULL);
+	if (r) {
+		snprintf(why, why_len, "crashvfs_crash: %d", r);
+		return -1;
+	}
+	if (*returned) {
+		log_set_quiet(1);
+		r = layer_store_open(init_root, 0, &s);
+		log_set_quiet(0);
+		if (r) {
+			snprintf(why, why_len, "store creation had returned, but the store does not open after the crash: %d", r);
+			return -1;
+		}
+		r = layer_store_fsck(s, &fr);
+		layer_store_close(s);
+		s = NULL;
+		if (r) {
+			snprintf(why, why_len, "fsck after the crash: %d", r);
+			return -1;
+		}
+	}
+	r = layer_store_open(init_root, LAYER_STORE_CREATE, &s);
+	if (r) {
+		snprintf(why, why_len, "creating the store again after the crash: %d", r);
+		return -1;
+	}
+	r = commit_layer(s, 0, NULL, d);
+	if (!r) r = layer_store_fsck(s, &fr);
+	layer_store_close(s);
+	if (r) {
+		snprintf(why, why_len, "the store created again after the crash: layer commit / fsck: %d", r);
+		return -1;
+	}
+	return 0;
+}
+
+/* Every crash point of store creation, several crash outcomes each. */
+static void test_store_creation(void)
+{
+	uint64_t k_ops, runs = 0, passed = 0, returned_runs = 0;
+	struct layer_store *s = NULL;
+	int failures = 0, r, returned;
+	char parent[600];
+	snprintf(init_root, sizeof init_root, "%s/init/store", crashvfs_workdir());
+	snprintf(parent, sizeof parent, "%s/init", crashvfs_workdir());
+	crashvfs_remove_tree(parent);
+	crashvfs_settle();
+	crashvfs_arm(UINT64_MAX);
+	r = layer_store_open(init_root, LAYER_STORE_CREATE, &s);
+	k_ops = crashvfs_op_count();
+	layer_store_close(s);
+	if (!TAP_IS(r, 0, "store creation runs without a crash: %llu crash points", (unsigned long long)k_ops)) return;
+	for (uint64_t point = 0; point <= k_ops; point++)
+		for (uint64_t j = 0; j < 8; j++, runs++) {
+			uint64_t crash_seed = seed ^ ((runs + 1) * 0xD1B54A32D192ED03ull);
+			char why[1024];
+			if (init_run(point, crash_seed, &returned, why, sizeof why) == 0) {
+				passed++;
+				returned_runs += (uint64_t)returned;
+			} else if (failures++ < 10) {
+				tap_ok(0, "store creation cut at crash point %llu, crash seed %llu: %s", (unsigned long long)point,
+				       (unsigned long long)crash_seed, why);
+			}
+		}
+	TAP_IS(passed, runs, "%llu of %llu cut store creations passed (%llu had returned: the store opens after the crash)",
+	       (unsigned long long)passed, (unsigned long long)runs, (unsigned long long)returned_runs);
+}
+
 int main(void)
 {
 	struct layer_store *s;
@@ -519,6 +619,7 @@ int main(void)
 			       (unsigned long long)crash_seed, why);
 		}
 	}
+	test_store_creation();
 	crashvfs_uninstall();
 	TAP_IS(passed, runs, "%llu of %llu crash runs passed (store opens, fsck clean, records old or new, gc clean)",
 	       (unsigned long long)passed, (unsigned long long)runs);

@@ -6,13 +6,15 @@
  * Only touched ranges are kept in memory, never whole files.  A private O_RDWR descriptor per dirty
  * inode (reopened through /proc/self/fd) lets the crash rewrite a file whatever became of its name.
  *
- * Names: one global list of create / rename / unlink ops, in order, each marked durable when
+ * Names: one global list of create / rename / unlink / mkdir / rmdir ops, in order, each marked durable when
  * fsync_dir reaches its directory (a rename: either of its two, as the journal of ext4 / xfs commits
  * a rename as one transaction; a rename is never split into a kept half and a lost one).  A file that a volatile op removed from the namespace (unlink,
  * rename over it) stays reachable as a hard link in the stash directory until the op is durable or
  * the crash is over.  At a crash ops are decided from the last to the first: durable ones are kept;
  * a volatile one is kept when a later kept op depends on it (shares a path or an inode, or a path
- * below a renamed directory), else kept or undone at random; undoing goes in reverse order.
+ * below a renamed directory), else kept or undone at random; undoing goes in reverse order.  An
+ * undone mkdir is an rmdir of the (then empty) directory; an undone rmdir makes it again with its
+ * mode, and the earlier ops on the old inode are renumbered to the new one.
  *
  * Invariant: outside a crash the real files hold every op performed (as a crash-free machine
  * would); the logs describe how to get from the durable state to them. */
@@ -53,18 +55,19 @@ struct inode {
 	size_t n, cap;
 };
 
-enum dir_kind { N_CREATE = 1, N_RENAME = 2, N_UNLINK = 3 };
+enum dir_kind { N_CREATE = 1, N_RENAME = 2, N_UNLINK = 3, N_MKDIR = 4, N_RMDIR = 5 };
 
 struct dir_op {
 	uint8_t kind;
 	bool durable;
 	bool no_undo;             /* cannot be undone (e.g. rename over a directory): kept */
-	char *path;               /* CREATE/UNLINK: the name; RENAME: from */
+	char *path;               /* CREATE/UNLINK/MKDIR/RMDIR: the name; RENAME: from */
 	char *to;                 /* RENAME: to */
 	char *durable_dir;        /* fsync_dir of this directory makes it durable */
 	char *durable_dir2;       /* RENAME: or of this one (the source's) */
 	dev_t dev;
-	ino_t ino;                /* the inode created / moved / unlinked */
+	ino_t ino;                /* the inode created / moved / unlinked / made / removed */
+	mode_t mode;              /* RMDIR: the permissions to make it again with */
 	bool has_replaced;
 	ino_t replaced_ino;       /* RENAME: the inode `to` named before */
 	char *stash;              /* hard link keeping the removed inode (UNLINK, RENAME over a file) */
@@ -646,6 +649,55 @@ out:
 	return r;
 }
 
+/* A directory made or removed: a name op like create / unlink, durable after fsync_dir of the
+ * parent.  mkdir over an existing name ticks (a crash point) but records nothing. */
+static int cv_mkdir(const char *path, mode_t mode)
+{
+	char cp[PATH_MAX];
+	struct stat st;
+	struct dir_op *d;
+	int r;
+	pthread_mutex_lock(&mu);
+	r = tick("mkdir", -1, path, 0, 0);
+	if (!r) r = canon(path, cp);
+	if (!r && mkdir(cp, mode) < 0) r = -errno;
+	if (!r && lstat(cp, &st) < 0) r = -errno; /* made but not statable: kept as durable */
+	if (r) goto out;
+	d = dirop_push();
+	d->kind = N_MKDIR;
+	d->path = xstrdup(cp);
+	d->durable_dir = parent_of(cp);
+	d->dev = st.st_dev;
+	d->ino = st.st_ino;
+out:
+	pthread_mutex_unlock(&mu);
+	return r;
+}
+
+static int cv_rmdir(const char *path)
+{
+	char cp[PATH_MAX];
+	struct stat st;
+	struct dir_op *d;
+	int r;
+	pthread_mutex_lock(&mu);
+	r = tick("rmdir", -1, path, 0, 0);
+	if (!r) r = canon(path, cp);
+	if (!r && lstat(cp, &st) < 0) r = -errno;
+	if (!r && rmdir(cp) < 0) r = -errno;
+	if (r) goto out;
+	d = dirop_push();
+	d->kind = N_RMDIR;
+	d->path = xstrdup(cp);
+	d->durable_dir = parent_of(cp);
+	d->dev = st.st_dev;
+	d->ino = st.st_ino;
+	d->mode = st.st_mode & 07777;
+out:
+	pthread_mutex_unlock(&mu);
+	return r;
+}
+
 static int cv_fsync_dir(const char *dir)
 {
 	int r;
@@ -667,6 +719,7 @@ static const struct vfs_ops crash_ops = {
 	.open = cv_open, .close = cv_close, .pread = cv_pread, .pwrite = cv_pwrite,
 	.fsync = cv_fsync, .ftruncate = cv_ftruncate, .punch_hole = cv_punch,
 	.rename = cv_rename, .unlink = cv_unlink, .fsync_dir = cv_fsync_dir, .size = cv_size,
+	.mkdir = cv_mkdir, .rmdir = cv_rmdir,
 };
 
 /* ------------------------------------------------------------------------- crash ------------ */
@@ -690,8 +743,27 @@ static bool dirop_undo(const struct dir_op *d)
 		return true;
 	case N_UNLINK:
 		return link(d->stash, d->path) == 0;
+	case N_MKDIR: /* only an empty directory: whatever a kept op put in it kept the mkdir too */
+		if (lstat(d->path, &st) < 0 || !S_ISDIR(st.st_mode) || st.st_ino != d->ino || st.st_dev != d->dev) return false;
+		return rmdir(d->path) == 0;
+	case N_RMDIR:
+		return mkdir(d->path, d->mode) == 0;
 	}
 	return false;
+}
+
+/* After op i (an rmdir) was undone, its directory is back under a new inode: the earlier ops that
+ * name the old one (its mkdir, renames of it) now name the new one, so they can be undone too. */
+static void dirop_renumber(size_t i)
+{
+	struct stat st;
+	const struct dir_op *d = &dirops[i];
+	if (lstat(d->path, &st) < 0) return;
+	for (size_t j = 0; j < i; j++)
+		if (dirops[j].dev == d->dev && dirops[j].ino == d->ino) {
+			dirops[j].dev = st.st_dev;
+			dirops[j].ino = st.st_ino;
+		}
 }
 
 /* Rolls the inode back to its durable state, then replays a random subset of its ops. */
@@ -788,6 +860,7 @@ int crashvfs_crash(uint64_t seed, struct crashvfs_report *report)
 			rep.dir_ops_kept++;
 		} else if (dirop_undo(d)) {
 			rep.dir_ops_undone++;
+			if (d->kind == N_RMDIR) dirop_renumber(i);
 		} else {
 			k = true;
 			rep.dir_ops_undo_failed++;

@@ -5,16 +5,20 @@
  * could still lose:
  *   - data: every pwrite / ftruncate / punch_hole since the last fsync of the file is volatile;
  *     fsync of the file makes all of them durable (data and size);
- *   - names: every create (open with O_CREAT that made a file), rename and unlink is volatile until
- *     fsync_dir of its directory (for rename: of the source's or the destination's directory, since
- *     journaling filesystems commit a rename as one transaction).  A volatile name
+ *   - names: every create (open with O_CREAT that made a file), mkdir, rmdir, rename and unlink is
+ *     volatile until fsync_dir of its directory (for rename: of the source's or the destination's
+ *     directory, since journaling filesystems commit a rename as one transaction).  A volatile name
  *     operation may be undone at a crash, unless a later operation that is kept depends on it (same
  *     path, same inode, or a path below it), so the namespace after a crash is always one a real
- *     filesystem could show.  Directories made or removed outside the vfs (mkdir, rmdir) count as
+ *     filesystem could show: a directory whose mkdir was never made durable still survives when
+ *     an entry inside it does (a file created in it and its fsync_dir, as a journaling filesystem
+ *     commits the mkdir with or before it), but an unsynced mkdir with nothing durable below it
+ *     can vanish, and an unsynced rmdir can come back (empty, or with what the undone unlinks
+ *     before it held).  Directories made or removed outside the vfs (plain mkdir, rmdir) count as
  *     durable at once.
  *
- * Crash points: every mutating op (pwrite, fsync, ftruncate, punch_hole, rename, unlink, fsync_dir,
- * open with O_CREAT or O_TRUNC) is numbered from 0 since install/arm/crash.  crashvfs_arm(n) makes op n
+ * Crash points: every mutating op (pwrite, fsync, ftruncate, punch_hole, rename, unlink, mkdir,
+ * rmdir, fsync_dir, open with O_CREAT or O_TRUNC) is numbered from 0 since install/arm/crash.  crashvfs_arm(n) makes op n
  * and every one after it fail with -EIO without touching the disk ("power cut"); reads and close
  * keep working.  crashvfs_crash(seed) then rewrites the real files into a state the disk could
  * hold after the power loss: durable contents plus a random subset of the volatile writes, some of
@@ -36,7 +40,7 @@ struct crashvfs_report {
 	uint64_t data_ops_kept;         /* pwrite / ftruncate / punch that reached the disk whole */
 	uint64_t data_ops_dropped;      /* ... that were lost */
 	uint64_t data_ops_torn;         /* ... that reached the disk in part (some sectors) */
-	uint64_t dir_ops_kept;          /* volatile create / rename / unlink kept */
+	uint64_t dir_ops_kept;          /* volatile create / rename / unlink / mkdir / rmdir kept */
 	uint64_t dir_ops_undone;        /* ... undone */
 	uint64_t dir_ops_undo_failed;   /* ... that could not be undone (their directory was removed
 					 * outside the vfs): they are kept */

@@ -322,6 +322,90 @@ static void test_names(void)
 	TAP_IS(src_bad, 0u, "rename is durable after fsync_dir of its source directory too");
 }
 
+/* mkdir / rmdir are name ops like create / unlink: undone at a crash unless fsync_dir of the parent
+ * made them durable or a kept op below the directory needs it. */
+static void test_dirs(void)
+{
+	static uint8_t a[3000], got[65536];
+	char d[700], f[720], e[720];
+	size_t len = 0;
+	unsigned m_gone = 0, m_there = 0, m_bad = 0, k_bad = 0, r_back = 0, r_gone = 0, r_bad = 0, mr_bad = 0;
+	unsigned mr_gone = 0, mr_there = 0, e_bad = 0;
+	struct stat st;
+	fill(a, sizeof a, 0x33);
+	snprintf(d, sizeof d, "%s/newdir", dir);
+	snprintf(f, sizeof f, "%s/file", d);
+	snprintf(e, sizeof e, "%s/inner", d);
+	for (unsigned s = 0; s < SEEDS; s++) {
+		bool with_dir_sync = s & 1;
+		crashvfs_remove_tree(d);
+		/* mkdir alone, with or without fsync_dir of the parent */
+		if (vfs_mkdir(d, 0750)) m_bad++;
+		if (with_dir_sync) vfs_fsync_dir(dir);
+		crashvfs_crash(base_seed + s, NULL);
+		if (!exists(d)) {
+			if (with_dir_sync) m_bad++;
+			m_gone++;
+		} else {
+			if (stat(d, &st) || !S_ISDIR(st.st_mode) || (st.st_mode & 0777) != 0750) m_bad++;
+			m_there++;
+		}
+
+		/* mkdir, a file in it made durable by fsync_dir of the new directory only: the directory
+		 * stays (a journaling filesystem commits the mkdir with the entry below it) */
+		crashvfs_remove_tree(d);
+		vfs_mkdir(d, 0755);
+		vfs_mkdir(e, 0755);
+		put_durable(f, a, sizeof a);
+		crashvfs_crash(base_seed + s, NULL);
+		if (slurp(f, got, sizeof got, &len) || len != sizeof a || memcmp(got, a, len)) k_bad++;
+
+		/* rmdir of a durable directory (its file unlinked first), with or without fsync_dir */
+		crashvfs_remove_tree(d);
+		vfs_mkdir(d, 0700);
+		put_durable(f, a, sizeof a);
+		vfs_fsync_dir(dir);
+		vfs_unlink(f);
+		vfs_rmdir(d);
+		if (with_dir_sync) vfs_fsync_dir(dir);
+		crashvfs_crash(base_seed + s, NULL);
+		if (exists(d)) {
+			if (with_dir_sync) r_bad++;
+			if (stat(d, &st) || !S_ISDIR(st.st_mode) || (st.st_mode & 0777) != 0700) r_bad++;
+			if (exists(f) && (slurp(f, got, sizeof got, &len) || len != sizeof a || memcmp(got, a, len))) r_bad++;
+			r_back++;
+		} else {
+			r_gone++;
+		}
+
+		/* mkdir then rmdir, nothing synced: gone or an empty directory, never an error */
+		crashvfs_remove_tree(d);
+		if (vfs_mkdir(d, 0755) || vfs_mkdir(d, 0755) != -EEXIST || vfs_rmdir(d)) mr_bad++;
+		crashvfs_crash(base_seed + s, NULL);
+		if (exists(d)) mr_there++;
+		else mr_gone++;
+
+		/* rmdir of a directory that is not empty fails and changes nothing */
+		crashvfs_remove_tree(d);
+		vfs_mkdir(d, 0755);
+		put_durable(f, a, sizeof a);
+		vfs_fsync_dir(dir);
+		if (vfs_rmdir(d) != -ENOTEMPTY || !exists(f)) e_bad++;
+		crashvfs_crash(base_seed + s, NULL);
+		if (!exists(f)) e_bad++;
+	}
+	crashvfs_remove_tree(d);
+	crashvfs_settle();
+	TAP_IS(m_bad, 0u, "mkdir + fsync_dir(parent) always survives, with its mode");
+	TAP_OK(m_gone > 0 && m_there > 0, "mkdir without fsync_dir sometimes undone (%u), sometimes kept (%u)", m_gone, m_there);
+	TAP_IS(k_bad, 0u, "a durable entry below an unsynced mkdir keeps the directory");
+	TAP_IS(r_bad, 0u, "rmdir + fsync_dir never comes back; an undone rmdir is the directory as it was");
+	TAP_OK(r_back > 0 && r_gone > 0, "rmdir without fsync_dir sometimes undone (%u), sometimes kept (%u)", r_back, r_gone);
+	TAP_OK(mr_bad == 0 && mr_gone > 0 && mr_there > 0,
+	       "mkdir + rmdir unsynced: gone (%u) or back empty (%u), both undone or one kept", mr_gone, mr_there);
+	TAP_IS(e_bad, 0u, "rmdir of a non-empty directory fails and loses nothing");
+}
+
 /* vfs_write_file_atomic cut at every op: the file is old or new, never partial or missing. */
 static void test_atomic_replace(void)
 {
@@ -410,6 +494,7 @@ int main(void)
 	test_fsync_survives();
 	test_truncate_punch();
 	test_names();
+	test_dirs();
 	test_atomic_replace();
 	test_helpers();
 	crashvfs_uninstall();
