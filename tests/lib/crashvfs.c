@@ -326,6 +326,18 @@ static struct dir_op *dirop_push(void)
 	return &dirops[n_dirops++];
 }
 
+/* A name op on one path (create, unlink, mkdir, rmdir): durable after fsync_dir of its parent. */
+static struct dir_op *dirop_push_path(uint8_t kind, const char *canon_path, const struct stat *st)
+{
+	struct dir_op *d = dirop_push();
+	d->kind = kind;
+	d->path = xstrdup(canon_path);
+	d->durable_dir = parent_of(canon_path);
+	d->dev = st->st_dev;
+	d->ino = st->st_ino;
+	return d;
+}
+
 static void dirop_free(struct dir_op *d)
 {
 	if (d->stash) unlink(d->stash);
@@ -431,19 +443,13 @@ static int cv_open(const char *path, int flags, mode_t mode)
 		}
 	}
 	if (created) {
-		struct dir_op *d;
 		r = canon(path, cp);
 		if (!r && fstat(fd, &st) < 0) r = -errno;
 		if (r) {
 			close(fd);
 			goto out;
 		}
-		d = dirop_push();
-		d->kind = N_CREATE;
-		d->path = xstrdup(cp);
-		d->durable_dir = parent_of(cp);
-		d->dev = st.st_dev;
-		d->ino = st.st_ino;
+		dirop_push_path(N_CREATE, cp, &st);
 	} else if (flags & O_TRUNC) {
 		r = inode_get(fd, &in);
 		if (!r) r = do_truncate(in, 0);
@@ -636,12 +642,7 @@ static int cv_unlink(const char *path)
 		}
 		goto out;
 	}
-	d = dirop_push();
-	d->kind = N_UNLINK;
-	d->path = xstrdup(cp);
-	d->durable_dir = parent_of(cp);
-	d->dev = st.st_dev;
-	d->ino = st.st_ino;
+	d = dirop_push_path(N_UNLINK, cp, &st);
 	d->stash = stash;
 	d->no_undo = !stash;
 out:
@@ -655,7 +656,6 @@ static int cv_mkdir(const char *path, mode_t mode)
 {
 	char cp[PATH_MAX];
 	struct stat st;
-	struct dir_op *d;
 	int r;
 	pthread_mutex_lock(&mu);
 	r = tick("mkdir", -1, path, 0, 0);
@@ -663,12 +663,7 @@ static int cv_mkdir(const char *path, mode_t mode)
 	if (!r && mkdir(cp, mode) < 0) r = -errno;
 	if (!r && lstat(cp, &st) < 0) r = -errno; /* made but not statable: kept as durable */
 	if (r) goto out;
-	d = dirop_push();
-	d->kind = N_MKDIR;
-	d->path = xstrdup(cp);
-	d->durable_dir = parent_of(cp);
-	d->dev = st.st_dev;
-	d->ino = st.st_ino;
+	dirop_push_path(N_MKDIR, cp, &st);
 out:
 	pthread_mutex_unlock(&mu);
 	return r;
@@ -678,7 +673,6 @@ static int cv_rmdir(const char *path)
 {
 	char cp[PATH_MAX];
 	struct stat st;
-	struct dir_op *d;
 	int r;
 	pthread_mutex_lock(&mu);
 	r = tick("rmdir", -1, path, 0, 0);
@@ -686,13 +680,7 @@ static int cv_rmdir(const char *path)
 	if (!r && lstat(cp, &st) < 0) r = -errno;
 	if (!r && rmdir(cp) < 0) r = -errno;
 	if (r) goto out;
-	d = dirop_push();
-	d->kind = N_RMDIR;
-	d->path = xstrdup(cp);
-	d->durable_dir = parent_of(cp);
-	d->dev = st.st_dev;
-	d->ino = st.st_ino;
-	d->mode = st.st_mode & 07777;
+	dirop_push_path(N_RMDIR, cp, &st)->mode = st.st_mode & 07777;
 out:
 	pthread_mutex_unlock(&mu);
 	return r;
