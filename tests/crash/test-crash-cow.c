@@ -239,6 +239,8 @@ struct outcome {
 	int live_mismatch;   /* reads that disagreed with the model (a bug without any crash) */
 	char what[128];      /* the op in progress when it failed */
 	bool cut_in_commit, cut_in_close;
+	int path_mismatch;   /* epochs whose flush did not take the planned path */
+	char path_what[400]; /* the first of them */
 	uint64_t payload_flushes, checkpoints, compactions; /* flush paths taken (before close) */
 };
 
@@ -301,21 +303,27 @@ static void pick_range(uint64_t *rng, uint64_t *off, uint64_t *len)
  *     the dirty cap, and few enough that every record fits half the journal room), and it ends by
  *     zeroing a whole anchor block (state zero) and writing into it (state upper data): the flush
  *     has a state change and a payload, so it is a payload flush when the record fits the journal,
- *     else a checkpoint that compacts (the journal is then past half its room).  With a dirty cap,
- *     the closing part writes every block the epoch touched plus new ones: exactly cap blocks.
- *   - overflow epoch (with a dirty cap, one random epoch in every three): ends with one write over
- *     cap + 1 blocks, so the flush is an overflow checkpoint.
- * Hence per configuration (the commit empties the journal, so each half of ~25 epochs counts on its
- * own; a payload record is >= 4160 bytes, a record of 4 blocks < 17 KiB):
- *   - 1 KiB journal: no payload record fits, so every flush is a checkpoint, whose record holds
- *     >= 1 entry (>= 56 bytes): every <= 10 checkpoints pass 512 bytes and compact: >= 4;
+ *     else a checkpoint with a record that compacts (the journal is then past half its room).
+ *     With a dirty cap, the closing part writes every block the epoch touched plus new ones:
+ *     exactly cap blocks, the most a payload flush carries.
+ *   - overflow epoch (with a dirty cap, one of the first three epochs of every four): ends with one
+ *     write over cap + 1 blocks, so the flush is an overflow checkpoint.
+ *   - overwrite epoch (right after a checkpoint: with the 1 KiB journal every fourth epoch, with a
+ *     dirty cap the epoch after the overflow): only writes into blocks the plan knows are upper
+ *     data, at most cap of them: no state change and every payload covered, so the flush is a
+ *     checkpoint without a record (a sync of upper.data alone).
+ * The executor checks each epoch's flush against its kind (the device's path counters and journal
+ * sequence before and after it).  Hence per configuration (the commit empties the journal, so each
+ * half of 25 epochs counts on its own; a payload record is >= 4160 bytes, one of 4 blocks < 17 KiB):
+ *   - 1 KiB journal: no payload record fits, so every flush is a checkpoint; >= 3 of 4 have a
+ *     record of >= 56 bytes, so every <= 14 epochs the journal passes 512 bytes and compacts: >= 2;
  *   - 48 KiB, budget 4 blocks: a payload flush unless the record does not fit; then the journal
  *     is past 31 KiB, so the checkpoint compacts.  At most 11 payload flushes fit between two
  *     compactions and at least 2: >= 2 compactions a half, >= 2 of 3 epochs payload flushes;
- *   - dirty cap 3: >= 8 overflow checkpoints a half; the journal passes half its room after at
- *     most 6 payload flushes and the next checkpoint (<= 4 epochs later) compacts; a payload epoch
- *     is a checkpoint only when the journal is full (>= 3 payload flushes after a compaction):
- *     >= 1 compaction and >= 10 payload flushes a half.
+ *   - dirty cap 3: of every 4 epochs, 1 overflow, 1 overwrite and 2 payload epochs, whose records
+ *     carry 3 blocks (> 12 KiB): the journal passes half its room after 2 payload flushes, and the
+ *     next overflow (<= 4 payload epochs later) compacts; a payload epoch is a checkpoint only when
+ *     the journal is full (after >= 3 payload flushes): >= 2 compactions, >= 17 payload flushes.
  * The body's ops, ranges, block choices and contents, the closing writes' ranges and the FUA/flush
  * choice stay random per seed. */
 #define N_EPOCHS 50
@@ -324,13 +332,25 @@ static void pick_range(uint64_t *rng, uint64_t *off, uint64_t *len)
 #define BUDGET_BLOCKS 4u /* blocks a payload epoch may modify without a dirty cap */
 
 enum op_kind { OP_WRITE, OP_ZEROES, OP_DISCARD, OP_READ, OP_FLUSH, OP_COMMIT };
+/* What the flush ending an epoch must do. */
+enum expect {
+	EXPECT_NONE,          /* not the end of an epoch */
+	EXPECT_ANY,           /* the commit */
+	EXPECT_PAYLOAD,       /* a payload flush, or (journal full) a checkpoint with a record that compacts */
+	EXPECT_CHECKPOINT,    /* a checkpoint with a record */
+	EXPECT_OVERFLOW,      /* a checkpoint */
+	EXPECT_NO_RECORD,     /* a checkpoint that appends no record */
+};
+static const char *const expect_name[] = { "", "any", "payload flush", "checkpoint", "overflow checkpoint",
+					   "checkpoint without a record" };
 struct op {
 	enum op_kind kind;
+	enum expect expect;
 	unsigned flags;
 	uint64_t off, len;
 };
 static struct op plan[MAX_OPS];
-static int plan_ops, plan_overflow_epochs;
+static int plan_ops, plan_epochs[4]; /* epochs planned of kind EXPECT_PAYLOAD..EXPECT_NO_RECORD */
 
 /* Blocks [first, end) a sector range touches. */
 static void range_blocks(uint64_t off, uint64_t len, uint64_t *first, uint64_t *end)
@@ -348,12 +368,12 @@ static void range_in_block(uint64_t *rng, uint64_t b, uint64_t *off, uint64_t *l
 	*len = ns * SEC;
 }
 
-struct touched {
+struct blockset {
 	uint64_t block[DEV_BLOCKS];
 	uint32_t n;
 };
 
-static bool touched_has(const struct touched *t, uint64_t b)
+static bool set_has(const struct blockset *t, uint64_t b)
 {
 	for (uint32_t i = 0; i < t->n; i++)
 		if (t->block[i] == b) return true;
@@ -361,63 +381,114 @@ static bool touched_has(const struct touched *t, uint64_t b)
 }
 
 /* Blocks of [first, end) the set does not hold yet. */
-static uint32_t touched_new(const struct touched *t, uint64_t first, uint64_t end)
+static uint32_t set_new(const struct blockset *t, uint64_t first, uint64_t end)
 {
 	uint32_t k = 0;
-	for (uint64_t b = first; b < end; b++) k += !touched_has(t, b);
+	for (uint64_t b = first; b < end; b++) k += !set_has(t, b);
 	return k;
 }
 
-static void touched_add(struct touched *t, uint64_t first, uint64_t end)
+static void set_add(struct blockset *t, uint64_t first, uint64_t end)
 {
 	for (uint64_t b = first; b < end; b++)
-		if (!touched_has(t, b)) t->block[t->n++] = b;
+		if (!set_has(t, b)) t->block[t->n++] = b;
 }
+
+/* Blocks the plan knows are in state upper data (cow/exec.c: a write, or write-zeroes with
+ * NO_HOLE, makes every block it touches upper data; a discard or punching write-zeroes makes its
+ * whole blocks zero and leaves an upper-data partial end upper data; a commit empties the upper). */
+static bool known_upper[DEV_BLOCKS];
 
 static void plan_add(enum op_kind kind, unsigned flags, uint64_t off, uint64_t len)
 {
+	uint64_t first, end;
 	if (plan_ops == MAX_OPS) abort();
 	plan[plan_ops++] = (struct op){ .kind = kind, .flags = flags, .off = off, .len = len };
+	range_blocks(off, len, &first, &end);
+	if (kind == OP_WRITE || (kind == OP_ZEROES && (flags & COW_NO_HOLE)))
+		for (uint64_t b = first; b < end; b++) known_upper[b] = true;
+	else if (kind == OP_DISCARD || kind == OP_ZEROES)
+		for (uint64_t b = (off + BLK - 1) / BLK; b < (off + len) / BLK; b++) known_upper[b] = false;
+	else if (kind == OP_COMMIT)
+		memset(known_upper, 0, sizeof known_upper);
+}
+
+/* The body of an epoch: n random ops; modifying ones stay within `limit` blocks (0: any). */
+static void plan_body(uint64_t *rng, uint64_t n, struct blockset *t, uint32_t limit)
+{
+	uint64_t off, len, first, end;
+	for (uint64_t i = 0; i < n; i++) {
+		uint64_t op = tap_rand(rng) % 100;
+		enum op_kind k = op < 48 ? OP_WRITE : op < 58 ? OP_DISCARD : op < 70 ? OP_ZEROES : OP_READ;
+		pick_range(rng, &off, &len);
+		range_blocks(off, len, &first, &end);
+		if (k != OP_READ && limit && t->n + set_new(t, first, end) > limit) {
+			/* over the budget: stay inside a block the epoch already touched */
+			range_in_block(rng, t->block[tap_rand(rng) % t->n], &off, &len);
+			range_blocks(off, len, &first, &end);
+		}
+		if (k != OP_READ) set_add(t, first, end);
+		plan_add(k, k == OP_ZEROES && (op & 1) ? COW_NO_HOLE : 0, off, len);
+	}
+}
+
+/* An overwrite epoch: 1 to 4 writes (or NO_HOLE write-zeroes) into at most `limit` blocks known
+ * to be upper data, with reads in between.  False when the plan knows no such block. */
+static bool plan_overwrites(uint64_t *rng, uint32_t limit)
+{
+	static struct blockset known;
+	uint64_t off, len;
+	known.n = 0;
+	for (uint64_t b = 0; b < DEV_BLOCKS; b++)
+		if (known_upper[b]) known.block[known.n++] = b;
+	if (!known.n) return false;
+	if (limit > known.n) limit = known.n;
+	uint64_t start = tap_rand(rng) % known.n;
+	for (uint64_t i = 0, n = 1 + tap_rand(rng) % 4; i < n; i++) {
+		if (tap_rand(rng) % 3 == 0) {
+			pick_range(rng, &off, &len);
+			plan_add(OP_READ, 0, off, len);
+		}
+		range_in_block(rng, known.block[(start + tap_rand(rng) % limit) % known.n], &off, &len);
+		if (tap_rand(rng) % 4) plan_add(OP_WRITE, 0, off, len);
+		else plan_add(OP_ZEROES, COW_NO_HOLE, off, len);
+	}
+	return true;
 }
 
 static void plan_workload(void)
 {
-	static struct touched t;
+	static struct blockset t;
 	uint64_t rng = seed * 7 + 3, overflow_at = 0;
 	uint64_t hot = cfg->hot_blocks ? cfg->hot_blocks : DEV_BLOCKS;
 	uint32_t budget = cfg->dirty_cap ? cfg->dirty_cap : cfg->want_payloads ? BUDGET_BLOCKS : 0;
-	plan_ops = plan_overflow_epochs = 0;
+	plan_ops = 0;
+	memset(plan_epochs, 0, sizeof plan_epochs);
+	memset(known_upper, 0, sizeof known_upper);
 	for (int e = 0; e < N_EPOCHS; e++) {
-		uint64_t off, len, first, end, a = tap_rand(&rng) % hot;
-		if (e % 3 == 0) overflow_at = (uint64_t)e + tap_rand(&rng) % 3;
-		bool overflow = cfg->dirty_cap && (uint64_t)e == overflow_at;
-		uint32_t limit = overflow ? 0 : budget; /* blocks the epoch may modify (0: any) */
-		plan_overflow_epochs += overflow;
-		t.n = 0;
-		touched_add(&t, a, a + 1);
-		for (uint64_t i = 0, body = tap_rand(&rng) % 6; i < body; i++) {
-			uint64_t op = tap_rand(&rng) % 100;
-			enum op_kind k = op < 48 ? OP_WRITE : op < 58 ? OP_DISCARD : op < 70 ? OP_ZEROES : OP_READ;
-			pick_range(&rng, &off, &len);
-			range_blocks(off, len, &first, &end);
-			if (k != OP_READ && limit && t.n + touched_new(&t, first, end) > limit) {
-				/* over the budget: stay inside a block the epoch already touched */
-				range_in_block(&rng, t.block[tap_rand(&rng) % t.n], &off, &len);
-				range_blocks(off, len, &first, &end);
-			}
-			if (k != OP_READ) touched_add(&t, first, end);
-			plan_add(k, k == OP_ZEROES && (op & 1) ? COW_NO_HOLE : 0, off, len);
-		}
-		if (overflow) {
+		uint64_t off, len, a = tap_rand(&rng) % hot;
+		enum expect kind = cfg->want_payloads ? EXPECT_PAYLOAD : EXPECT_CHECKPOINT;
+		if (e % 4 == 0) overflow_at = (uint64_t)e + tap_rand(&rng) % 3;
+		if (cfg->dirty_cap && (uint64_t)e == overflow_at) kind = EXPECT_OVERFLOW;
+		else if (e != COMMIT_EPOCH && e - 1 != COMMIT_EPOCH &&
+			 ((cfg->dirty_cap && (uint64_t)e == overflow_at + 1) || (!cfg->want_payloads && e % 4 == 3)) &&
+			 plan_overwrites(&rng, budget ? budget : BUDGET_BLOCKS))
+			kind = EXPECT_NO_RECORD;
+		if (kind == EXPECT_OVERFLOW) {
+			t.n = 0;
+			plan_body(&rng, tap_rand(&rng) % 6, &t, 0);
 			/* one write over cap + 1 blocks, from any sector of the first to any of the last */
 			uint64_t b = tap_rand(&rng) % (hot - cfg->dirty_cap), s0 = b * 8 + tap_rand(&rng) % 8;
 			uint64_t s1 = (b + cfg->dirty_cap) * 8 + 1 + tap_rand(&rng) % 8;
 			plan_add(OP_WRITE, 0, s0 * SEC, (s1 - s0) * SEC);
-		} else {
+		} else if (kind != EXPECT_NO_RECORD) {
+			t.n = 0;
+			set_add(&t, a, a + 1);
+			plan_body(&rng, tap_rand(&rng) % 6, &t, budget);
 			/* with a dirty cap, the epoch's flush carries exactly cap blocks */
 			while (cfg->dirty_cap && t.n < cfg->dirty_cap) {
 				uint64_t b = tap_rand(&rng) % hot;
-				touched_add(&t, b, b + 1);
+				set_add(&t, b, b + 1);
 			}
 			for (uint32_t i = 1; cfg->dirty_cap && i < t.n; i++) {
 				range_in_block(&rng, t.block[i], &off, &len);
@@ -426,12 +497,18 @@ static void plan_workload(void)
 			/* the anchor: zero state, then upper data (a state change the flush must journal) */
 			plan_add(tap_rand(&rng) & 1 ? OP_DISCARD : OP_ZEROES, 0, a * BLK, BLK);
 			range_in_block(&rng, a, &off, &len);
-			plan_add(tap_rand(&rng) % 5 ? OP_WRITE : OP_ZEROES, 0, off, len);
-			if (plan[plan_ops - 1].kind == OP_ZEROES) plan[plan_ops - 1].flags = COW_NO_HOLE;
+			if (tap_rand(&rng) % 5) plan_add(OP_WRITE, 0, off, len);
+			else plan_add(OP_ZEROES, COW_NO_HOLE, off, len);
 		}
-		if (e == COMMIT_EPOCH) plan_add(OP_COMMIT, 0, 0, 0);
-		else if (tap_rand(&rng) & 1) plan[plan_ops - 1].flags |= COW_FUA;
-		else plan_add(OP_FLUSH, 0, 0, 0);
+		if (e == COMMIT_EPOCH) {
+			plan_add(OP_COMMIT, 0, 0, 0);
+			kind = EXPECT_ANY;
+		} else {
+			plan_epochs[kind - EXPECT_PAYLOAD]++;
+			if (tap_rand(&rng) & 1) plan[plan_ops - 1].flags |= COW_FUA;
+			else plan_add(OP_FLUSH, 0, 0, 0);
+		}
+		plan[plan_ops - 1].expect = kind;
 	}
 }
 
@@ -454,6 +531,8 @@ static void workload(struct layer_store *s, struct model *m, struct outcome *o)
 	for (i = 0; i < plan_ops; i++) {
 		const struct op *p = &plan[i];
 		unsigned long long off = p->off, len = p->len;
+		uint64_t pf = dev->stats_payload_flushes, cp = dev->stats_checkpoints, cm = dev->stats_compactions;
+		uint64_t seq = dev->journal_seq;
 		switch (p->kind) {
 		case OP_COMMIT:
 			snprintf(o->what, sizeof o->what, "commit");
@@ -495,6 +574,19 @@ static void workload(struct layer_store *s, struct model *m, struct outcome *o)
 			break;
 		}
 		o->ops_done++;
+		if (p->expect > EXPECT_ANY) {
+			pf = dev->stats_payload_flushes - pf, cp = dev->stats_checkpoints - cp;
+			cm = dev->stats_compactions - cm, seq = dev->journal_seq - seq;
+			bool ok = p->expect == EXPECT_PAYLOAD ? seq == 1 && ((pf == 1 && cp == 0) || (pf == 0 && cp == 1 && cm == 1))
+				: p->expect == EXPECT_CHECKPOINT ? seq == 1 && pf == 0 && cp == 1
+				: p->expect == EXPECT_OVERFLOW	 ? pf == 0 && cp == 1
+								 : seq == 0 && pf == 0 && cp == 1;
+			if (!ok && !o->path_mismatch++)
+				snprintf(o->path_what, sizeof o->path_what,
+					 "op %d (%s) ends an epoch planned as a %s: %llu payload flushes, %llu checkpoints, "
+					 "%llu compactions, %llu records", i + 1, o->what, expect_name[p->expect],
+					 (unsigned long long)pf, (unsigned long long)cp, (unsigned long long)cm, (unsigned long long)seq);
+		}
 	}
 	if (!r) snprintf(o->what, sizeof o->what, "close");
 	o->payload_flushes = dev->stats_payload_flushes;
@@ -706,9 +798,11 @@ static int run_config(void)
 	TAP_OK(cfg->want_payloads ? o.payload_flushes >= 10 : o.payload_flushes == 0, "%s payload flushes",
 	       cfg->want_payloads ? "at least 10" : "no");
 	TAP_OK(o.compactions >= 2, "the journal was compacted during the workload (%llu times)", (unsigned long long)o.compactions);
-	if (cfg->want_overflow)
-		TAP_OK(o.checkpoints >= (uint64_t)plan_overflow_epochs, "overflowing the dirty cap made checkpoints: %llu for %d overflows",
-		       (unsigned long long)o.checkpoints, plan_overflow_epochs);
+	TAP_IS(o.path_mismatch, 0, "each epoch's flush took its planned path (%d payload, %d checkpoint, %d overflow, %d no-record epochs) %s",
+	       plan_epochs[0], plan_epochs[1], plan_epochs[2], plan_epochs[3], o.path_what);
+	if (cfg->want_overflow) TAP_OK(plan_epochs[2] >= 10, "the workload overflows the dirty cap in %d epochs", plan_epochs[2]);
+	if (!cfg->want_payloads || cfg->dirty_cap)
+		TAP_OK(plan_epochs[3] >= 5, "the workload has %d epochs of overwrites only", plan_epochs[3]);
 	if (o.failed_op >= 0) return 1;
 	why[0] = 0;
 	r = crashvfs_crash(seed, NULL);
