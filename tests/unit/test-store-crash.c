@@ -1,9 +1,10 @@
 /* Power-loss test of the store's durability promises, on tests/lib/crashvfs: a sequence of store
- * mutations (two layer commits, image put, chain put, container create / put, image remove,
+ * mutations (creating the store on a root that does not exist, two layer commits, image put, chain put, container create / put, image remove,
  * container remove, gc) is cut at every mutating I/O operation in turn, the disk is rewritten
  * into a state a real disk could hold after the power loss (several seeds per cut), and the store
  * is reopened.  Checked each time: fsck is clean; every step that had returned 0 before the cut
- * is still in effect; gc then runs and fsck is still clean. */
+ * is still in effect (a store whose creation returned opens without being created again; one whose
+ * creation was cut is created again); gc then runs and fsck is still clean. */
 #include "layer-store/layer_store.h"
 #include "common/log.h"
 #include "common/vfs.h"
@@ -128,7 +129,7 @@ int main(void)
 	uint64_t seed = tap_seed(), total_ops;
 	char base[600], root[700], stash[700];
 	struct layer_store *s;
-	int failures = 0, points = 0, done_hist[STEPS + 1] = { 0 };
+	int failures = 0, points = 0, uncreated = 0, done_hist[STEPS + 1] = { 0 };
 
 	snprintf(base, sizeof base, "%s", tap_tmpdir());
 	snprintf(stash, sizeof stash, "%s/stash", base);
@@ -139,8 +140,8 @@ int main(void)
 	if (write_layer(s, NULL, 1, digest_a) || write_layer(s, digest_a, 2, digest_b)) return 1;
 	layer_store_close(s);
 	snprintf(root, sizeof root, "%s/count", base);
-	layer_store_open(root, LAYER_STORE_CREATE, &s);
 	crashvfs_install(stash);
+	if (layer_store_open(root, LAYER_STORE_CREATE, &s)) return 1;
 	int k = run_steps(s);
 	total_ops = crashvfs_op_count();
 	crashvfs_uninstall();
@@ -152,18 +153,22 @@ int main(void)
 		for (int sd = 0; sd < SEEDS_PER_POINT; sd++) {
 			uint64_t crash_seed = seed * 1000003 + n * 31 + (uint64_t)sd;
 			snprintf(root, sizeof root, "%s/s-%llu-%d", base, (unsigned long long)n, sd);
-			if (layer_store_open(root, LAYER_STORE_CREATE, &s)) return 1;
 			crashvfs_install(stash);
 			crashvfs_arm(n);
-			int done = run_steps(s);
+			s = NULL;
+			bool created = layer_store_open(root, LAYER_STORE_CREATE, &s) == 0;
+			int done = created ? run_steps(s) : 0;
 			layer_store_close(s);
 			if (crashvfs_crash(crash_seed, NULL)) return 1;
 			crashvfs_uninstall();
 			points++;
 			done_hist[done]++;
-			if (layer_store_open(root, 0, &s)) {
+			uncreated += !created;
+			/* a store whose creation returned must open as it is; else creating it again must work */
+			if (layer_store_open(root, created ? 0 : LAYER_STORE_CREATE, &s)) {
 				failures++;
-				tap_diag("crash at op %llu seed %llu: store does not reopen", (unsigned long long)n, (unsigned long long)crash_seed);
+				tap_diag("crash at op %llu seed %llu: store does not %s", (unsigned long long)n, (unsigned long long)crash_seed,
+					 created ? "reopen" : "create again");
 				continue;
 			}
 			const char *why = check(s, done);
@@ -182,6 +187,7 @@ int main(void)
 		}
 	}
 	log_set_quiet(0);
+	tap_diag("crash points inside store creation: %d", uncreated);
 	tap_diag("crash points by completed steps: 0:%d 1:%d 2:%d 3:%d 4:%d 5:%d 6:%d 7:%d 8:%d 9:%d", done_hist[0], done_hist[1],
 		 done_hist[2], done_hist[3], done_hist[4], done_hist[5], done_hist[6], done_hist[7], done_hist[8], done_hist[9]);
 	TAP_IS(failures, 0, "%d crash points: every one leaves a clean store with all completed steps in effect", points);
