@@ -7,6 +7,7 @@
  * the new chain, then a fresh empty upper.map.  At open, a record one layer ahead of upper.map
  * means the crash hit between the last two steps: the upper is already in the new layer and is
  * reset. */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -297,6 +298,33 @@ static int load_upper_readonly(struct cow_device *dev)
 			 dev->name, p.hdr.base_layer_count, p.hdr.base_top, dev->layer_count, top);
 }
 
+/* With the container's exclusive lock held: removes the temps of upper.map rewrites
+ * ("upper.map.tmp.<pid>.<n>", vfs_write_file_atomic) that a crash or kill left behind.  Only the
+ * lock holder rewrites upper.map, so none is in flight; gc also sweeps them, but judges by the
+ * pid in the name, which a reboot may have given to a live process.  Each can hold up to a MiB
+ * (the journal's zero tail).  Best effort: a temp that stays costs space, not correctness. */
+static void remove_map_temps(const char *dir)
+{
+	DIR *d = opendir(dir);
+	if (!d) return;
+	struct dirent *de;
+	unsigned removed = 0, seen = 0;
+	char p[OCIBLK_PATH_MAX];
+	/* bounded: a container directory holds a handful of files; stop early on a strange one */
+	while ((de = readdir(d)) && seen++ < 4096) {
+		if (strncmp(de->d_name, "upper.map.tmp.", 14)) continue;
+		if ((size_t)snprintf(p, sizeof p, "%s/%s", dir, de->d_name) >= sizeof p) continue;
+		int r = vfs_unlink(p);
+		if (r && r != -ENOENT) log_warn("open container: remove stale %s: %s", p, strerror(-r));
+		else if (!r) removed++;
+	}
+	closedir(d);
+	if (removed) {
+		log_info("open container: removed %u stale upper.map temp file(s) in %s", removed, dir);
+		vfs_fsync_dir(dir);
+	}
+}
+
 static int open_container(struct layer_store *store, const char *container, bool readonly, struct cow_device **out)
 {
 	struct container_record rec;
@@ -328,6 +356,7 @@ static int open_container(struct layer_store *store, const char *container, bool
 	if (readonly) {
 		if ((r = load_upper_readonly(dev))) goto fail;
 	} else {
+		remove_map_temps(dir);
 		if ((r = open_upper_data(dev, false))) goto fail;
 		if ((r = open_upper_map(dev, dir))) goto fail;
 	}

@@ -602,19 +602,23 @@ static void workload(struct layer_store *s, struct model *m, struct outcome *o)
 static struct model model;
 static uint64_t stale_temp_runs; /* runs after which the container directory kept a temp file */
 
-/* Files in the container directory other than cow's and the store's own (a leaked temp file). */
-static int count_stray_files(void)
+/* Files in the container directory other than cow's and the store's own (a leaked temp file);
+ * *map_temps: how many of them are upper.map rewrite temps, which opening the container (under
+ * its lock) must have removed. */
+static int count_stray_files(int *map_temps)
 {
 	char dir[700];
 	DIR *d;
 	struct dirent *de;
 	int n = 0;
+	*map_temps = 0;
 	snprintf(dir, sizeof dir, "%s/containers/c", run_root);
 	if (!(d = opendir(dir))) return -1;
 	while ((de = readdir(d)))
 		if (de->d_name[0] != '.' && strcmp(de->d_name, "upper.data") && strcmp(de->d_name, "upper.map") &&
 		    strcmp(de->d_name, "lock") && strcmp(de->d_name, "config.json")) {
 			if (!stale_temp_runs && !n) tap_diag("stray file left in the container directory: %s", de->d_name);
+			if (!strncmp(de->d_name, "upper.map.tmp.", 14)) (*map_temps)++;
 			n++;
 		}
 	closedir(d);
@@ -697,7 +701,13 @@ static int check_after_crash(const struct model *m, uint64_t point, char *why, s
 			goto fail;
 		}
 	}
-	if (count_stray_files() > 0) stale_temp_runs++;
+	int map_temps;
+	if (count_stray_files(&map_temps) > 0) stale_temp_runs++;
+	if (map_temps) {
+		snprintf(why, why_len, "%d upper.map temp file(s) left after the container was reopened", map_temps);
+		layer_store_close(s);
+		return -1;
+	}
 	layer_store_close(s);
 	return 0;
 fail:
