@@ -230,7 +230,16 @@ int layer_store_open(const char *root, unsigned flags, struct layer_store **out)
 				goto fail;
 			}
 		}
-		/* the subdirectories' entries: until this returns they may vanish at a crash */
+		/* the lock file too, so that its entry is made durable with the subdirectories' (a
+		 * reader without write access to the root could not create it after a crash) */
+		ls_path(s, p, sizeof p, "lock");
+		int lfd = vfs_open(p, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+		if (lfd < 0 && lfd != -EACCES && lfd != -EROFS && lfd != -EPERM) {
+			r = log_error(lfd, "create store %s: lock file: %s", s->root, strerror(-lfd));
+			goto fail;
+		}
+		if (lfd >= 0) vfs_close(lfd);
+		/* the entries made above: until this returns they may vanish at a crash */
 		r = vfs_fsync_dir(s->root);
 		if (r) {
 			r = log_error(r, "create store %s: sync: %s", s->root, strerror(-r));

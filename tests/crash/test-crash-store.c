@@ -507,6 +507,14 @@ static int init_run(uint64_t point, uint64_t crash_seed, int *returned, char *wh
 		return -1;
 	}
 	if (*returned) {
+		/* before any open, which would make it again: a reader without write access cannot */
+		char lock[700];
+		struct stat lst;
+		snprintf(lock, sizeof lock, "%s/lock", init_root);
+		if (stat(lock, &lst) < 0) {
+			snprintf(why, why_len, "store creation had returned, but its lock file is gone after the crash");
+			return -1;
+		}
 		log_set_quiet(1);
 		r = layer_store_open(init_root, 0, &s);
 		log_set_quiet(0);
